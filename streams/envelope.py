@@ -1,0 +1,118 @@
+"""The one event envelope builder (SPEC §3): key order, deterministic ids, Prefect's limits.
+
+Ids are UUIDv7-shaped (48-bit millisecond `occurred`) with the remaining bits taken from a hash
+of the input message's bytes, the event name and the resource id: the same input always gives
+byte-identical events, so Prefect's dedup-by-id and idempotent sinks absorb at-least-once replays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streams import timestamps
+from streams.errors import Invalid
+
+# Prefect's own limits (prefect.settings: events.maximum_*).
+MAX_LABELS_PER_RESOURCE = 500
+MAX_RELATED = 100
+MAX_EVENT_BYTES = 1_500_000
+MAX_NAME_LENGTH = 1024
+
+Labels = dict[str, str]
+
+EVENT_HEADER = "prefect-event"
+TRUNCATED_HEADER = "prefect-related-truncated"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One output record, ready to publish: key = resource id, value = the event's JSON bytes."""
+
+    name: str
+    resource_id: str
+    value: bytes
+    related_dropped: int = 0
+
+    @property
+    def key(self) -> bytes:
+        return self.resource_id.encode()
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]:
+        headers = [(EVENT_HEADER, self.name.encode())]
+        if self.related_dropped:
+            headers.append((TRUNCATED_HEADER, str(self.related_dropped).encode()))
+        return headers
+
+
+def event_id(occurred_us: int, name: str, resource_id: str, content: bytes) -> str:
+    """UUIDv7 layout: 48-bit ms timestamp, version 7, variant 10, 74 bits of content hash."""
+    digest = hashlib.blake2b(digest_size=10, person=b"prefect-events")
+    for part in (content, name.encode(), resource_id.encode()):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    h = digest.digest()
+    raw = bytearray((occurred_us // 1000).to_bytes(6, "big") + h)
+    raw[6] = 0x70 | (raw[6] & 0x0F)
+    raw[8] = 0x80 | (raw[8] & 0x3F)
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def build(
+    *,
+    occurred_us: int,
+    name: str,
+    resource: Labels,
+    related: Sequence[Labels],
+    payload: Mapping[str, Any],
+    content: bytes,
+) -> Event:
+    """Assemble, check against Prefect's limits and serialize one event.
+
+    A related list over the limit keeps its first MAX_RELATED entries (SPEC §5) and says how many
+    it dropped in a header; every other limit raises Invalid, so the caller drops the whole message.
+    """
+    resource_id = resource["prefect.resource.id"]
+    if not resource_id:
+        raise Invalid("wrong_type", f"{name}: prefect.resource.id must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise Invalid("name_too_long", f"event name is over {MAX_NAME_LENGTH} characters")
+    dropped = max(0, len(related) - MAX_RELATED)
+    if dropped:
+        related = related[:MAX_RELATED]
+    if len(resource) > MAX_LABELS_PER_RESOURCE or any(
+        len(r) > MAX_LABELS_PER_RESOURCE for r in related
+    ):
+        raise Invalid(
+            "too_many_labels", f"{name} for {resource_id[:200]}: a resource has over 500 labels"
+        )
+    value = orjson.dumps(
+        {
+            "occurred": timestamps.render(occurred_us),
+            "event": name,
+            "resource": resource,
+            "related": related,
+            "payload": payload,
+            "id": event_id(occurred_us, name, resource_id, content),
+            "follows": None,
+        }
+    )
+    if len(value) > MAX_EVENT_BYTES:
+        raise Invalid(
+            "event_too_large",
+            f"{name} for {resource_id[:200]} would be {len(value)} bytes, over {MAX_EVENT_BYTES}",
+        )
+    return Event(name, resource_id, value, dropped)
+
+
+def related_entry(resource_id: str, role: str, name: str | None = None) -> Labels:
+    entry = {"prefect.resource.id": resource_id, "prefect.resource.role": role}
+    if name is not None:
+        entry["prefect.resource.name"] = name
+    return entry

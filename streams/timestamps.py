@@ -1,0 +1,59 @@
+"""Event time: parsed once to integer microseconds, rendered the one way Prefect writes it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from streams.errors import Invalid
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+# A UUIDv7 carries 48 bits of milliseconds; datetime stops at year 9999, well inside that.
+_MAX_US = (1 << 48) * 1000 - 1
+
+
+def parse(value: object, where: str) -> int:
+    """ISO 8601 → microseconds since the epoch (UTC). Naive times are taken as UTC, as Prefect does."""
+    if not isinstance(value, str):
+        raise Invalid("wrong_type", f"{where} must be an ISO 8601 string, got {type_name(value)}")
+    text = value.strip()
+    if "T" not in text.upper() and " " not in text:  # a bare date is not an instant
+        raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}")
+    if text[-1] in "zZ":
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise Invalid(
+            "invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}"
+        ) from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    micros = (parsed - _EPOCH) // _US
+    if not 0 <= micros <= _MAX_US:
+        raise Invalid("invalid_timestamp", f"{where} is before 1970: {value[:64]!r}")
+    return micros
+
+
+def render(micros: int) -> str:
+    """Microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
+    return (datetime(1970, 1, 1) + timedelta(microseconds=micros)).isoformat(
+        timespec="microseconds"
+    ) + "Z"
+
+
+def type_name(value: object) -> str:
+    """JSON's name for a decoded value's type, for error messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__

@@ -1,0 +1,1 @@
+"""The Faust wiring around the pure core in `streams`: app, topics, tables, agents, CLI."""

@@ -1,0 +1,286 @@
+"""The Faust wiring: app, topics, tables and agents. Thin on purpose; the logic is in `steps`.
+
+    raw artifacts ──route──▶ artifacts-by-id ──memberships──▶ artifacts-by-key ──collections──▶ events
+    raw task results ──route──▶ task-results-by-flow-run ──lineage──▶ events
+    (every step) ──▶ dead letters
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import faust
+from faust.streams import _current_event
+
+from topology import steps
+from topology.admin import TopicSpec
+from topology.config import Settings
+from topology.records import Out
+from topology.steps import BatchResult, InRecord, Topics
+
+log = logging.getLogger("prefect_events")
+
+
+class Metrics(Protocol):
+    """What the agents report; topology.metrics.Metrics implements it."""
+
+    def input(self, topic: str, n: int = 1) -> None: ...
+    def emitted(self, event: str, n: int = 1) -> None: ...
+    def dead_letter(self, reason: str) -> None: ...
+    def unknown_delete(self, n: int = 1) -> None: ...
+    def related_truncated(self, n: int = 1) -> None: ...
+    def processing(self, seconds: float) -> None: ...
+
+
+class NoMetrics:
+    def input(self, topic: str, n: int = 1) -> None: ...
+    def emitted(self, event: str, n: int = 1) -> None: ...
+    def dead_letter(self, reason: str) -> None: ...
+    def unknown_delete(self, n: int = 1) -> None: ...
+    def related_truncated(self, n: int = 1) -> None: ...
+    def processing(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class TopicNames:
+    """Every topic the worker reads or writes, derived from Settings in one place."""
+
+    settings: Settings
+
+    @property
+    def internal_prefix(self) -> str:
+        return self.settings.app_id
+
+    def topics(self) -> Topics:
+        s = self.settings
+        return Topics(
+            artifact_events=s.artifact_events_topic,
+            asset_events=s.asset_events_topic,
+            dead_letters=s.dead_letter_topic,
+            artifacts_by_id=f"{s.app_id}-artifacts-by-id",
+            artifacts_by_key=f"{s.app_id}-artifacts-by-collection-key",
+            task_results_by_flow_run=f"{s.app_id}-task-results-by-flow-run",
+            partitions=s.partitions,
+        )
+
+    def specs(self) -> list[TopicSpec]:
+        """Topics created before the worker starts, all with explicit partition counts."""
+        s, t = self.settings, self.topics()
+        rf = s.replication_factor
+        return [
+            TopicSpec(s.artifacts_topic, s.input_partitions, rf),
+            TopicSpec(s.task_results_topic, s.input_partitions, rf),
+            TopicSpec(t.artifacts_by_id, s.partitions, rf),
+            TopicSpec(t.artifacts_by_key, s.partitions, rf),
+            TopicSpec(t.task_results_by_flow_run, s.partitions, rf),
+            TopicSpec(s.artifact_events_topic, s.partitions, rf),
+            TopicSpec(s.asset_events_topic, s.partitions, rf),
+            TopicSpec(s.dead_letter_topic, s.partitions, rf),
+            *(
+                TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, rf, compacted=True)
+                for table in TABLES
+            ),
+        ]
+
+
+TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
+
+
+@contextlib.contextmanager
+def acting_as(event: Any) -> Iterator[None]:
+    """Faust tables pick the store/changelog partition from the stream's current event; a batch
+    spans partitions, so each table access runs as an event of the key's own partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class Worker:
+    """Builds the Faust app for a Settings and wires the steps into agents."""
+
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics: Metrics = metrics or NoMetrics()
+        self.names = TopicNames(settings)
+        self.topics = self.names.topics()
+        self.lineage_watermark_us = 0
+        self.app = faust.App(
+            settings.app_id,
+            broker=f"kafka://{settings.bootstrap_servers}",
+            store=settings.store,
+            datadir=settings.data_dir,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=settings.replication_factor,
+            topic_allow_declare=True,
+            table_standby_replicas=settings.standby_replicas,
+            processing_guarantee=settings.processing_guarantee,
+            consumer_auto_offset_reset="earliest",
+            broker_commit_interval=settings.commit_interval_s,
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=1.0,
+            broker_rebalance_timeout=10.0,
+            producer_linger=settings.producer_linger_ms / 1000,
+            producer_acks=-1,
+            web_enabled=False,
+        )
+        self._wire()
+
+    # --- wiring ---------------------------------------------------------------------------------
+
+    def _topic(self, name: str, partitions: int, internal: bool = False) -> faust.TopicT:
+        return self.app.topic(
+            name,
+            partitions=partitions,
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            internal=internal,
+        )
+
+    def _table(self, name: str) -> faust.Table:
+        return self.app.Table(
+            name,
+            partitions=self.settings.partitions,
+            schema=faust.Schema(
+                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+            ),
+        )
+
+    def _wire(self) -> None:
+        s, t = self.settings, self.topics
+        n = s.partitions
+        raw_artifacts = self._topic(s.artifacts_topic, s.input_partitions)
+        raw_results = self._topic(s.task_results_topic, s.input_partitions)
+        by_id = self._topic(t.artifacts_by_id, n, internal=True)
+        by_key = self._topic(t.artifacts_by_key, n, internal=True)
+        by_flow_run = self._topic(t.task_results_by_flow_run, n, internal=True)
+        for name in (t.artifact_events, t.asset_events, t.dead_letters):
+            self._topic(name, n)
+        self.memberships = self._table("artifact-memberships")
+        self.collections = self._table("artifact-collections")
+        self.lineage = self._table("flow-run-lineage")
+
+        retention = s.lineage_retention_us
+        self._agent("route-artifacts", raw_artifacts, lambda b: steps.route_artifacts(t, b))
+        self._agent("route-task-results", raw_results, lambda b: steps.route_task_results(t, b))
+        self._stateful("memberships", by_id, self.memberships, steps.apply_memberships)
+        self._stateful("collections", by_key, self.collections, steps.apply_collections)
+        self._stateful(
+            "lineage",
+            by_flow_run,
+            self.lineage,
+            lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention),
+        )
+        self.app.timer(interval=60.0, name="lineage-retention")(self.sweep_lineage)
+
+    def _agent(
+        self, name: str, topic: faust.TopicT, process: Callable[[list[InRecord]], BatchResult]
+    ) -> None:
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(
+                self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
+            ):
+                started = time.perf_counter()
+                batch = [_record(e) for e in events]
+                self.metrics.input(topic.get_topic_name(), len(batch))
+                result = process(batch)
+                await self._publish(result.outputs)
+                self._report(result, started)
+
+        self.app.agent(topic, name=name)(agent)
+
+    def _stateful(
+        self,
+        name: str,
+        topic: faust.TopicT,
+        table: faust.Table,
+        process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
+    ) -> None:
+        async def agent(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(
+                self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
+            ):
+                started = time.perf_counter()
+                by_partition = {e.message.partition: e for e in events}
+
+                def load(key: bytes, partition: int) -> bytes | None:
+                    with acting_as(by_partition[partition]):
+                        value: bytes | None = table.get(key)
+                        return value
+
+                batch = [_record(e) for e in events]
+                self.metrics.input(topic.get_topic_name(), len(batch))
+                result = process(self.topics, batch, load)
+                # Outputs first, acknowledged; state after (streams.replay explains why).
+                await self._publish(result.outputs)
+                for key, (partition, value) in result.writes.items():
+                    with acting_as(by_partition[partition]):
+                        table[key] = value
+                self._report(result, started)
+
+        self.app.agent(topic, name=name)(agent)
+
+    def ready(self) -> bool:
+        """Assigned partitions and recovered tables: safe to route traffic and roll on."""
+        return bool(self.app.tables.recovery.completed.is_set() and not self.app.rebalancing)
+
+    # --- I/O --------------------------------------------------------------------------------------
+
+    async def _publish(self, outputs: list[Out]) -> None:
+        """Send every record of a batch and wait until the broker has acknowledged all of them."""
+        if not outputs:
+            return
+        producer = self.app.producer
+        pending = [
+            await producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
+            for o in outputs
+        ]
+        await asyncio.gather(*pending)
+
+    def _report(self, result: BatchResult, started: float) -> None:
+        m = self.metrics
+        for name, count in result.emitted.items():
+            m.emitted(name, count)
+        for source, why in result.dead_letters:
+            m.dead_letter(why.code)
+            log.warning(
+                "dead letter %s[%d]@%d: %s",
+                source.topic, source.partition, source.offset, why,
+            )
+        if result.unknown_deletes:
+            m.unknown_delete(result.unknown_deletes)
+        if result.related_truncated:
+            m.related_truncated(result.related_truncated)
+        if result.replays_skipped:
+            log.info("skipped %d replayed messages already applied", result.replays_skipped)
+        m.processing(time.perf_counter() - started)
+
+    async def sweep_lineage(self) -> None:
+        """Forget flow runs silent for longer than the retention (bounded table size)."""
+        expired = steps.expired_flow_runs(
+            lambda: list(self.lineage.data.items()),
+            self.lineage_watermark_us,
+            self.settings.lineage_retention_us,
+        )
+        for key in expired:
+            partition = steps.partition_for(key, self.settings.partitions)
+            self.lineage.send_changelog(partition, key, None, value_serializer="raw")
+            with contextlib.suppress(KeyError):
+                del self.lineage.data[key]
+        if expired:
+            log.info("lineage retention: forgot %d flow runs", len(expired))
+
+
+def _record(event: Any) -> InRecord:
+    m = event.message
+    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))

@@ -1,0 +1,251 @@
+"""`prefect-events`: the worker, offline processing, and small Kafka tools around them.
+
+Expected failures (bad flags or config, unreachable broker, unreadable file) end in one line on
+stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+import orjson
+
+from streams.pipeline import ArtifactPipeline, AssetPipeline, Outcome
+from topology import config
+from topology.config import ConfigError, Settings
+
+PROG = "prefect-events"
+
+
+class UsageError(Exception):
+    """A one-line error for the user (exit 2)."""
+
+
+# --- argument parsing -------------------------------------------------------------------------
+
+
+def _settings_parser() -> argparse.ArgumentParser:
+    """Every Settings field as a flag; flags override the environment."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("settings (each also PREFECT_EVENTS_<NAME>)")
+    for f in dataclasses.fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        group.add_argument(
+            flag,
+            dest=f.name,
+            default=None,
+            metavar=f.name.upper(),
+            help=f"{help_text} [env {config.env_name(f)}, default {f.default!r}]".strip(),
+        )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    settings = _settings_parser()
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Prefect artifact and asset events from Kafka."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("worker", parents=[settings], help="run the stream processor")
+    p.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="start the embedded Tansu broker first (for trying it out) and stop it on exit",
+    )
+
+    p = sub.add_parser("process", help="process a JSONL file offline, print events as JSONL")
+    p.add_argument("--stream", choices=("artifacts", "assets"), required=True)
+    p.add_argument("--lineage-retention-days", type=float, default=7.0)
+    p.add_argument("file", help="JSONL input messages, or - for stdin")
+
+    p = sub.add_parser("produce", parents=[settings], help="publish each line of a file")
+    p.add_argument("--topic", required=True)
+    p.add_argument(
+        "--key-field",
+        help="dotted path of the record key in each JSON line (e.g. artifact.id); default: no key",
+    )
+    p.add_argument("file", help="one message per line, or - for stdin")
+
+    p = sub.add_parser("tail", parents=[settings], help="print a topic's records as JSONL")
+    p.add_argument("--topic", required=True)
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--max", type=int, default=None, help="stop after N records")
+    p.add_argument("--timeout", type=float, default=None, help="stop after S idle seconds")
+    p.add_argument("--meta", action="store_true", help="wrap each value with key and headers")
+
+    sub.add_parser("config", parents=[settings], help="print the effective configuration")
+
+    p = sub.add_parser("demo", parents=[settings], help="worker + embedded broker + a demo feed")
+    p.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+
+    p = sub.add_parser("forward", parents=[settings], help="deliver events to a Prefect server")
+    p.add_argument("--to", required=True, help="Prefect API URL, e.g. http://127.0.0.1:4200/api")
+    p.add_argument("--group-id", default=None)
+    p.add_argument("--forward-batch-size", type=int, default=200)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Settings)
+        if getattr(args, f.name, None) is not None
+    }
+    return config.load(overrides)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    """Offline: the same processing code over in-memory state, events to stdout, rejects to stderr."""
+    if args.lineage_retention_days <= 0:
+        raise UsageError("--lineage-retention-days must be > 0")
+    pipeline: ArtifactPipeline | AssetPipeline
+    if args.stream == "artifacts":
+        pipeline = ArtifactPipeline()
+    else:
+        pipeline = AssetPipeline(retention_us=int(args.lineage_retention_days * 86_400_000_000))
+    out = sys.stdout.buffer
+    with _open_input(args.file) as lines:
+        for number, line in enumerate(lines, start=1):
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            outcome: Outcome = pipeline.process(raw)
+            if outcome.dead_letter is not None:
+                sys.stderr.write(
+                    orjson.dumps({"line": number, "reason": str(outcome.dead_letter)}).decode()
+                    + "\n"
+                )
+            for event in outcome.events:
+                out.write(event.value + b"\n")
+    out.flush()
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(orjson.dumps(_settings(args).as_dict(), option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from topology.runner import run_worker
+
+    return run_worker(_settings(args), embedded_broker=args.embedded_broker)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from topology.demo import run_demo
+
+    return run_demo(_settings(args), seconds=args.seconds)
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from topology.tools import produce
+
+    settings = _settings(args)
+    with _open_input(args.file) as lines:
+        count = asyncio.run(produce(settings, args.topic, lines, args.key_field))
+    print(f"produced {count} records to {args.topic}", file=sys.stderr)
+    return 0
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    from topology.tools import tail
+
+    settings = _settings(args)
+    if args.max is not None and args.max < 1:
+        raise UsageError("--max must be >= 1")
+    asyncio.run(
+        tail(settings, args.topic, sys.stdout, args.from_beginning, args.max, args.timeout, args.meta)
+    )
+    return 0
+
+
+def cmd_forward(args: argparse.Namespace) -> int:
+    from topology.forward import forward
+
+    settings = _settings(args)
+    if not args.to.startswith(("http://", "https://")):
+        raise UsageError(f"--to must be an http(s) URL, got {args.to!r}")
+
+    async def main() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await forward(
+            settings, args.to, group_id=args.group_id, batch_size=args.forward_batch_size, stop=stop
+        )
+
+    delivered = asyncio.run(main())
+    print(f"delivered {delivered} events", file=sys.stderr)
+    return 0
+
+
+COMMANDS = {
+    "process": cmd_process,
+    "config": cmd_config,
+    "worker": cmd_worker,
+    "demo": cmd_demo,
+    "produce": cmd_produce,
+    "tail": cmd_tail,
+    "forward": cmd_forward,
+}
+
+
+@contextlib.contextmanager
+def _open_input(path: str) -> Iterator[IO[bytes]]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    with handle:
+        yield handle
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UsageError, ConfigError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        # Expected operational failures carry a one-line message; anything else is a bug.
+        if _is_expected(exc):
+            print(f"{PROG}: error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _is_expected(exc: BaseException) -> bool:
+    from topology.admin import AdminError
+    from topology.embedded_broker import BrokerError
+
+    expected: tuple[type[BaseException], ...] = (AdminError, BrokerError, OSError)
+    with contextlib.suppress(ImportError):
+        from topology.forward import ForwardError
+
+        expected = (*expected, ForwardError)
+    return isinstance(exc, expected)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""The one config object: environment variables, overridden by CLI flags, validated at start.
+
+Every setting has an environment variable `PREFECT_EVENTS_<NAME>` (upper case), except the broker
+address, which follows the Kafka convention `KAFKA_BOOTSTRAP_SERVERS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line a user can act on."""
+
+
+GUARANTEES = ("at_least_once", "exactly_once")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_STORE = re.compile(r"^(memory|rocksdb)://")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Effective configuration of a worker (or a CLI command that talks to Kafka)."""
+
+    bootstrap_servers: str = field(
+        default="localhost:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"}
+    )
+    app_id: str = field(
+        default="prefect-events", metadata={"help": "consumer group and internal topic prefix"}
+    )
+    artifacts_topic: str = "prefect.raw.artifacts"
+    task_results_topic: str = "prefect.raw.asset-task-results"
+    artifact_events_topic: str = "prefect.events.artifacts"
+    asset_events_topic: str = "prefect.events.assets"
+    dead_letter_topic: str = "prefect.raw.dead-letters"
+    input_partitions: int = field(
+        default=4, metadata={"help": "partitions of the raw input topics (created if missing)"}
+    )
+    partitions: int = field(
+        default=4, metadata={"help": "partitions of internal topics, tables and output topics"}
+    )
+    replication_factor: int = 1
+    store: str = field(
+        default="rocksdb://", metadata={"help": "table store: rocksdb:// (production) or memory://"}
+    )
+    data_dir: str = field(default="./data", metadata={"help": "where RocksDB tables live"})
+    standby_replicas: int = 0
+    lineage_retention_days: float = 7.0
+    processing_guarantee: str = "at_least_once"
+    batch_size: int = field(default=500, metadata={"help": "max messages per processing batch"})
+    batch_wait_ms: int = field(default=5, metadata={"help": "max wait to fill a batch"})
+    fetch_max_wait_ms: int = field(
+        default=100, metadata={"help": "consumer fetch wait (Faust hard-codes 1500)"}
+    )
+    producer_linger_ms: int = 5
+    commit_interval_s: float = 1.0
+    metrics_port: int = field(default=9309, metadata={"help": "0 disables the metrics server"})
+    metrics_host: str = "0.0.0.0"
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def lineage_retention_us(self) -> int:
+        return int(self.lineage_retention_days * 86_400_000_000)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def env_name(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("env", f"PREFECT_EVENTS_{f.name.upper()}"))
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    text = str(raw).strip()
+    try:
+        if kind is int:
+            return int(text)
+        if kind is float:
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    return text
+
+
+def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment, then from overrides (CLI flags; None = not given)."""
+    environ = os.environ if environ is None else environ
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        env = env_name(f)
+        if env in environ and environ[env] != "":
+            values[f.name] = _coerce(env, environ[env], hints[f.name])
+        if overrides and overrides.get(f.name) is not None:
+            values[f.name] = _coerce(f"--{f.name.replace('_', '-')}", overrides[f.name], hints[f.name])
+    return Settings(**values)
+
+
+def validate(s: Settings) -> None:
+    """Raise ConfigError with one line naming the bad setting."""
+    for name in (
+        "artifacts_topic",
+        "task_results_topic",
+        "artifact_events_topic",
+        "asset_events_topic",
+        "dead_letter_topic",
+        "app_id",
+    ):
+        value = getattr(s, name)
+        if not _TOPIC.match(value):
+            raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
+    topics = [s.artifacts_topic, s.task_results_topic, s.artifact_events_topic,
+              s.asset_events_topic, s.dead_letter_topic]
+    if len(set(topics)) != len(topics):
+        raise ConfigError("topics: input, output and dead-letter topics must all be different")
+    if not s.bootstrap_servers.strip() or any(
+        not re.match(r"^[^\s:,]+:\d{1,5}$", part.strip().removeprefix("kafka://"))
+        for part in s.bootstrap_servers.split(",")
+    ):
+        raise ConfigError(
+            f"bootstrap_servers: {s.bootstrap_servers!r} is not a HOST:PORT[,HOST:PORT] list"
+        )
+    for name, low, high in (
+        ("input_partitions", 1, 10_000),
+        ("partitions", 1, 10_000),
+        ("replication_factor", 1, 100),
+        ("standby_replicas", 0, 10),
+        ("batch_size", 1, 100_000),
+        ("batch_wait_ms", 0, 60_000),
+        ("fetch_max_wait_ms", 0, 60_000),
+        ("producer_linger_ms", 0, 60_000),
+        ("metrics_port", 0, 65_535),
+    ):
+        value = getattr(s, name)
+        if not low <= value <= high:
+            raise ConfigError(f"{name}: {value} is out of range [{low}, {high}]")
+    if not s.lineage_retention_days > 0:
+        raise ConfigError(f"lineage_retention_days: {s.lineage_retention_days} must be > 0")
+    if not s.commit_interval_s > 0:
+        raise ConfigError(f"commit_interval_s: {s.commit_interval_s} must be > 0")
+    if not _STORE.match(s.store):
+        raise ConfigError(f"store: {s.store!r} must be memory:// or rocksdb://")
+    if s.processing_guarantee not in GUARANTEES:
+        raise ConfigError(
+            f"processing_guarantee: {s.processing_guarantee!r} must be one of {', '.join(GUARANTEES)}"
+        )
+    if s.log_level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level: {s.log_level!r} must be one of {', '.join(LOG_LEVELS)}")
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError(f"log_format: {s.log_format!r} must be one of {', '.join(LOG_FORMATS)}")

@@ -1,0 +1,79 @@
+"""Running the worker process: broker check, topics, metrics server, Faust worker, shutdown.
+
+Faust's worker installs SIGTERM/SIGINT handlers that stop the agents, flush the producer and
+commit what was processed before the process exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable
+
+import faust
+
+from topology import admin, logs
+from topology.app import TopicNames, Worker
+from topology.config import Settings
+from topology.embedded_broker import EmbeddedBroker
+from topology.metrics import Metrics, serve
+
+log = logging.getLogger("prefect_events")
+
+
+async def prepare(settings: Settings) -> None:
+    """Fail fast with one line if Kafka is unreachable; create every topic with its partitions."""
+    await admin.wait_for_broker(settings.bootstrap_servers, timeout_s=30)
+    await admin.ensure_topics(settings.bootstrap_servers, TopicNames(settings).specs())
+
+
+def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
+    worker = Worker(settings, metrics or Metrics())
+    if settings.metrics_port:
+        metrics_ = worker.metrics
+        assert isinstance(metrics_, Metrics)
+
+        async def serve_metrics() -> None:
+            await serve(metrics_, settings.metrics_host, settings.metrics_port, worker.ready)
+            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
+
+        worker.app.task(serve_metrics)
+    return worker
+
+
+def run_worker(
+    settings: Settings,
+    *,
+    embedded_broker: bool = False,
+    on_ready: Callable[[Settings], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT. With `embedded_broker`, a Tansu broker lives as long as we do."""
+    logs.configure(settings)
+    broker = None
+    if embedded_broker:
+        broker = EmbeddedBroker().start()
+        settings = dataclasses.replace(settings, bootstrap_servers=broker.bootstrap_servers)
+        log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
+    try:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(prepare(settings))
+        finally:
+            loop.close()
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        if on_ready is not None:
+            on_ready(settings)
+        worker = build(settings)
+        faust.Worker(
+            worker.app,
+            loglevel=settings.log_level.upper(),
+            logging_config=logs.logging_config(settings),
+            redirect_stdouts=False,
+        ).execute_from_commandline()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    finally:
+        if broker is not None:
+            broker.stop()
+    return 0

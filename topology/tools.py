@@ -1,0 +1,112 @@
+"""`produce` and `tail`: plain aiokafka clients for feeding and watching topics by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import IO, Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from topology.admin import wait_for_broker
+from topology.config import Settings
+
+
+def key_of(line: bytes, key_field: str | None) -> bytes | None:
+    """The record key: the value at a dotted path of the JSON line, if asked for and present."""
+    if key_field is None:
+        return None
+    try:
+        value: Any = orjson.loads(line)
+        for part in key_field.split("."):
+            value = value[part]
+    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
+        return None  # not JSON or no such field: produce it unkeyed (bad input is worth testing)
+    return None if value is None else str(value).encode()
+
+
+async def produce(
+    settings: Settings, topic: str, lines: Iterable[bytes], key_field: str | None
+) -> int:
+    await wait_for_broker(settings.bootstrap_servers, timeout_s=15)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
+    )
+    await producer.start()
+    count = 0
+    try:
+        pending = []
+        for line in lines:
+            raw = line.rstrip(b"\r\n")
+            if not raw.strip():
+                continue
+            pending.append(await producer.send(topic, raw, key=key_of(raw, key_field)))
+            count += 1
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return count
+
+
+async def tail(
+    settings: Settings,
+    topic: str,
+    out: IO[str],
+    from_beginning: bool,
+    max_records: int | None,
+    idle_timeout_s: float | None,
+    meta: bool,
+) -> int:
+    """Print values (event JSON) one per line; with `meta`, wrap each with key/headers/offset."""
+    await wait_for_broker(settings.bootstrap_servers, timeout_s=15)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest" if from_beginning else "latest",
+        fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    count = 0
+    last = time.monotonic()
+    try:
+        while max_records is None or count < max_records:
+            batches = await consumer.getmany(timeout_ms=200)
+            if not batches:
+                if idle_timeout_s is not None and time.monotonic() - last > idle_timeout_s:
+                    break
+                continue
+            last = time.monotonic()
+            for records in batches.values():
+                for r in records:
+                    out.write(_render(r, meta) + "\n")
+                    count += 1
+                    if max_records is not None and count >= max_records:
+                        break
+            out.flush()
+    finally:
+        await consumer.stop()
+    return count
+
+
+def _render(record: Any, meta: bool) -> str:
+    value = record.value or b""
+    if not meta:
+        return value.decode("utf-8", "replace").replace("\n", "\\n")
+    try:
+        decoded: Any = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        decoded = value.decode("utf-8", "replace")
+    return orjson.dumps(
+        {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "key": None if record.key is None else record.key.decode("utf-8", "replace"),
+            "headers": {k: v.decode("utf-8", "replace") for k, v in record.headers or ()},
+            "value": decoded,
+        }
+    ).decode()
