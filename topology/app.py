@@ -22,8 +22,9 @@ from faust.streams import _current_event
 from topology import steps
 from topology.admin import TopicSpec
 from topology.config import Settings
-from topology.records import Out
+from topology.records import Out, partition_for
 from topology.steps import BatchResult, InRecord, Topics
+from topology.transport import configure_fetch_wait
 
 log = logging.getLogger("prefect_events")
 
@@ -132,6 +133,7 @@ class Worker:
             producer_acks=-1,
             web_enabled=False,
         )
+        configure_fetch_wait(self.app, settings.fetch_max_wait_ms)
         self._wire()
 
     # --- wiring ---------------------------------------------------------------------------------
@@ -221,6 +223,7 @@ class Worker:
                 batch = [_record(e) for e in events]
                 self.metrics.input(topic.get_topic_name(), len(batch))
                 result = process(self.topics, batch, load)
+                self.lineage_watermark_us = max(self.lineage_watermark_us, result.watermark_us)
                 # Outputs first, acknowledged; state after (streams.replay explains why).
                 await self._publish(result.outputs)
                 for key, (partition, value) in result.writes.items():
@@ -273,7 +276,7 @@ class Worker:
             self.settings.lineage_retention_us,
         )
         for key in expired:
-            partition = steps.partition_for(key, self.settings.partitions)
+            partition = partition_for(key, self.settings.partitions)
             self.lineage.send_changelog(partition, key, None, value_serializer="raw")
             with contextlib.suppress(KeyError):
                 del self.lineage.data[key]

@@ -7,8 +7,9 @@ order makes replays exact). Tests drive these directly, like Kafka Streams' Topo
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +57,8 @@ class Stamped:
     state: Any  # the state's JSON form; None = no state
 
     def dump(self) -> bytes:
-        return orjson.dumps({"seen": {str(p): o for p, o in self.seen.items()}, "state": self.state})
+        seen = {str(p): o for p, o in self.seen.items()}
+        return orjson.dumps({"seen": seen, "state": self.state})
 
     @classmethod
     def load(cls, raw: bytes | None) -> Stamped:
@@ -75,6 +77,7 @@ class BatchResult:
     unknown_deletes: int = 0
     related_truncated: int = 0
     replays_skipped: int = 0
+    watermark_us: int = 0  # greatest event time seen, for the lineage retention sweep
 
     def emit(self, topic: str, events: Sequence[Event]) -> None:
         for event in events:
@@ -104,17 +107,41 @@ class Topics:
     partitions: int
 
 
+def in_event_time_order(
+    batch: Sequence[InRecord], parse: Callable[[bytes], Any]
+) -> Iterator[tuple[InRecord, Any]]:
+    """Parse a batch and merge its partitions by `occurred`, keeping each partition's own order.
+
+    A batch spans partitions that Kafka hands over one after another; merging them by event time
+    keeps operations on different artifacts of one key in the order they happened whenever they
+    meet in a batch (per-partition order, which Kafka guarantees, is never changed).
+    Unparseable records come out as Invalid, first.
+    """
+    lanes: dict[int, list[tuple[int, int, InRecord, Any]]] = {}
+    for i, record in enumerate(batch):
+        try:
+            parsed: Any = parse(_value(record))
+            when = parsed.occurred_us
+        except Invalid as why:
+            parsed, when = why, -1
+        lanes.setdefault(record.partition, []).append((when, i, record, parsed))
+    if len(lanes) == 1:
+        for _, _, record, parsed in next(iter(lanes.values())):
+            yield record, parsed
+        return
+    for _, _, record, parsed in heapq.merge(*lanes.values(), key=lambda lane: lane[0]):
+        yield record, parsed
+
+
 # --- step 0: route raw input to the partition that owns its state -----------------------------
 
 
 def route_artifacts(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
     """Validate, then re-key by artifact id (the producer's key is advice, never trusted)."""
     result = BatchResult()
-    for record in batch:
-        try:
-            op = parse_artifact_op(_value(record))
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, record.source, why)
+    for record, op in in_event_time_order(batch, parse_artifact_op):
+        if isinstance(op, Invalid):
+            result.reject(topics.dead_letters, record, record.source, op)
             continue
         key = op.artifact_id.encode()
         result.outputs.append(
@@ -132,11 +159,9 @@ def route_artifacts(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
 def route_task_results(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
     """Validate, then re-key by flow run (task runs without one: by task run, stateless)."""
     result = BatchResult()
-    for record in batch:
-        try:
-            task_result = parse_task_result(_value(record))
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, record.source, why)
+    for record, task_result in in_event_time_order(batch, parse_task_result):
+        if isinstance(task_result, Invalid):
+            result.reject(topics.dead_letters, record, record.source, task_result)
             continue
         key = (task_result.flow_run_id or task_result.task_run_id).encode()
         result.outputs.append(
@@ -157,8 +182,11 @@ def route_task_results(topics: Topics, batch: Sequence[InRecord]) -> BatchResult
 def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
     result = BatchResult()
     records: dict[bytes, Stamped] = {}
-    for record in batch:
+    for record, op in in_event_time_order(batch, parse_artifact_op):
         source = Source.from_headers(record.headers)
+        if isinstance(op, Invalid):
+            result.reject(topics.dead_letters, record, source, op)
+            continue
         value = _value(record)
         key = _key(record)
         stamped = records.get(key) or Stamped.load(load(key, record.partition))
@@ -167,7 +195,6 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             continue
         current = None if stamped.state is None else Membership.from_json(stamped.state)
         try:
-            op = parse_artifact_op(value)
             step = membership.apply(current, op, value)
         except Invalid as why:
             result.reject(topics.dead_letters, record, source, why)
@@ -200,8 +227,11 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
 def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
     result = BatchResult()
     records: dict[bytes, Stamped] = {}
-    for record in batch:
+    for record, op in in_event_time_order(batch, parse_artifact_op):
         source = Source.from_headers(record.headers)
+        if isinstance(op, Invalid):
+            result.reject(topics.dead_letters, record, source, op)
+            continue
         via_partition, via_offset = via_from_headers(record.headers)
         value = _value(record)
         key = _key(record)
@@ -211,7 +241,6 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             continue
         current = None if stamped.state is None else Collection.from_json(stamped.state)
         try:
-            op = parse_artifact_op(value)
             step = collection.apply(current, key.decode(), op, value)
         except Invalid as why:
             result.reject(topics.dead_letters, record, source, why)
@@ -233,14 +262,13 @@ def apply_lineage(
 ) -> BatchResult:
     result = BatchResult()
     records: dict[bytes, Stamped] = {}
-    for record in batch:
+    for record, task_result in in_event_time_order(batch, parse_task_result):
         source = Source.from_headers(record.headers)
-        value = _value(record)
-        try:
-            task_result = parse_task_result(value)
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, source, why)
+        if isinstance(task_result, Invalid):
+            result.reject(topics.dead_letters, record, source, task_result)
             continue
+        result.watermark_us = max(result.watermark_us, task_result.occurred_us)
+        value = _value(record)
         if task_result.flow_run_id is None:
             try:
                 step = lineage.apply(None, task_result, value, retention_us)

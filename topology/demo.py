@@ -1,0 +1,108 @@
+"""`prefect-events demo`: a newcomer's first run — broker, worker, a small feed, events printed.
+
+Uses the embedded Tansu broker unless KAFKA_BOOTSTRAP_SERVERS is set. The feed is a handful of
+real Prefect operations (artifact versions and deletes, an asset lineage chain, one bad message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from importlib import resources
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from streams.pipeline import ArtifactPipeline, AssetPipeline
+from topology.config import Settings
+from topology.embedded_broker import EmbeddedBroker
+from topology.runner import prepare
+from topology.tools import key_of, produce
+
+
+def _feed(name: str) -> list[bytes]:
+    return resources.files("topology").joinpath(f"demo_feed/{name}").read_bytes().splitlines()
+
+
+def _expected(settings: Settings, artifacts: list[bytes], results: list[bytes]) -> int:
+    a, t = ArtifactPipeline(), AssetPipeline(retention_us=settings.lineage_retention_us)
+    return sum(
+        len(o.events) + (o.dead_letter is not None)
+        for o in [*(a.process(r) for r in artifacts), *(t.process(r) for r in results)]
+    )
+
+
+def run_demo(settings: Settings, seconds: float) -> int:
+    broker = None
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        broker = EmbeddedBroker().start()
+        settings = dataclasses.replace(
+            settings, bootstrap_servers=broker.bootstrap_servers, store="memory://",
+            fetch_max_wait_ms=10,
+        )
+        print(f"embedded broker (Tansu) at {settings.bootstrap_servers}", file=sys.stderr)
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        **{f"PREFECT_EVENTS_{k.upper()}": str(v) for k, v in settings.as_dict().items()
+           if k != "bootstrap_servers"},
+    }
+    worker = None
+    try:
+        asyncio.run(prepare(settings))
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "topology.cli", "worker"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
+        asyncio.run(produce(settings, settings.artifacts_topic, artifacts, "artifact.id"))
+        asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id"))
+        want = _expected(settings, artifacts, results)
+        print(f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
+              f"waiting for {want} events and dead letters...", file=sys.stderr)
+        seen = asyncio.run(_print_events(settings, want, seconds))
+        print(f"{seen} of {want} records seen", file=sys.stderr)
+        return 0 if seen >= want else 1
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            broker.stop()
+
+
+async def _print_events(settings: Settings, want: int, seconds: float) -> int:
+    topics = [settings.artifact_events_topic, settings.asset_events_topic,
+              settings.dead_letter_topic]
+    consumer = AIOKafkaConsumer(
+        *topics, bootstrap_servers=settings.bootstrap_servers, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+    )
+    await consumer.start()
+    seen, deadline = 0, time.monotonic() + seconds
+    try:
+        while seen < want and time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=500)).values():
+                for r in records:
+                    seen += 1
+                    if r.topic == settings.dead_letter_topic:
+                        reason = dict(r.headers).get("prefect-dead-letter-reason", b"").decode()
+                        print(f"DEAD LETTER  {reason}")
+                        continue
+                    event = orjson.loads(r.value)
+                    print(f"{event['occurred']}  {event['event']:<42} "
+                          f"{event['resource']['prefect.resource.id']}")
+    finally:
+        await consumer.stop()
+    return seen
+
+
+__all__ = ["key_of", "run_demo"]
