@@ -8,6 +8,7 @@ Streams' TopologyTestDriver: the same message sequence gives the same bytes eith
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from streams import collection, lineage, membership
 from streams.collection import Collection
@@ -18,6 +19,7 @@ from streams.membership import Membership
 from streams.messages import parse_artifact_op, parse_task_result
 
 DEFAULT_RETENTION_US = 7 * 86_400_000_000
+V = TypeVar("V")
 
 
 @dataclass(slots=True)
@@ -88,7 +90,7 @@ class AssetPipeline:
         return len(expired)
 
 
-def _put(store: dict[str, object], key: str, value: object | None) -> None:
+def _put(store: dict[str, V], key: str, value: V | None) -> None:
     if value is None:
         store.pop(key, None)
     else:

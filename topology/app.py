@@ -28,6 +28,9 @@ from topology.transport import configure_fetch_wait
 
 log = logging.getLogger("prefect_events")
 
+Table = faust.types.TableT[bytes, bytes]
+Stream = faust.Stream[bytes]
+
 
 class Metrics(Protocol):
     """What the agents report; topology.metrics.Metrics implements it."""
@@ -149,7 +152,7 @@ class Worker:
             internal=internal,
         )
 
-    def _table(self, name: str) -> faust.Table:
+    def _table(self, name: str) -> Table:
         return self.app.Table(
             name,
             partitions=self.settings.partitions,
@@ -188,7 +191,7 @@ class Worker:
     def _agent(
         self, name: str, topic: faust.TopicT, process: Callable[[list[InRecord]], BatchResult]
     ) -> None:
-        async def agent(stream: faust.StreamT) -> None:
+        async def agent(stream: Stream) -> None:
             async for events in stream.take_events(
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
@@ -199,23 +202,25 @@ class Worker:
                 await self._publish(result.outputs)
                 self._report(result, started)
 
-        self.app.agent(topic, name=name)(agent)
+        self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
     def _stateful(
         self,
         name: str,
         topic: faust.TopicT,
-        table: faust.Table,
+        table: Table,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
     ) -> None:
-        async def agent(stream: faust.StreamT) -> None:
+        async def agent(stream: Stream) -> None:
             async for events in stream.take_events(
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
                 started = time.perf_counter()
                 by_partition = {e.message.partition: e for e in events}
 
-                def load(key: bytes, partition: int) -> bytes | None:
+                def load(
+                    key: bytes, partition: int, by_partition: dict[int, Any] = by_partition
+                ) -> bytes | None:
                     with acting_as(by_partition[partition]):
                         value: bytes | None = table.get(key)
                         return value
@@ -231,11 +236,12 @@ class Worker:
                         table[key] = value
                 self._report(result, started)
 
-        self.app.agent(topic, name=name)(agent)
+        self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
     def ready(self) -> bool:
         """Assigned partitions and recovered tables: safe to route traffic and roll on."""
-        return bool(self.app.tables.recovery.completed.is_set() and not self.app.rebalancing)
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        return bool(recovery.completed.is_set() and not self.app.rebalancing)
 
     # --- I/O --------------------------------------------------------------------------------------
 

@@ -91,7 +91,8 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
         if kind is float:
             return float(text)
     except ValueError:
-        raise ConfigError(f"{name}: expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        expected = "an integer" if kind is int else "a number"
+        raise ConfigError(f"{name}: expected {expected}, got {text!r}") from None
     return text
 
 
