@@ -92,17 +92,20 @@ def build(
         raise Invalid(
             "too_many_labels", f"{name} for {resource_id[:200]}: a resource has over 500 labels"
         )
-    value = orjson.dumps(
-        {
-            "occurred": timestamps.render(occurred_us),
-            "event": name,
-            "resource": resource,
-            "related": related,
-            "payload": payload,
-            "id": event_id(occurred_us, name, resource_id, content),
-            "follows": None,
-        }
-    )
+    try:
+        value = orjson.dumps(
+            {
+                "occurred": timestamps.render(occurred_us),
+                "event": name,
+                "resource": resource,
+                "related": related,
+                "payload": payload,
+                "id": event_id(occurred_us, name, resource_id, content),
+                "follows": None,
+            }
+        )
+    except orjson.JSONEncodeError as exc:  # e.g. nesting past orjson's limit: a bad message
+        raise Invalid("unserializable", f"{name} for {resource_id[:200]}: {exc}") from None
     if len(value) > MAX_EVENT_BYTES:
         raise Invalid(
             "event_too_large",

@@ -76,8 +76,10 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
 def _check_collection_event_fits(op: ArtifactCreate, content: bytes) -> None:
     """All or nothing: a create whose collection event would be over a limit is refused here,
     before any state changes, rather than half-applied one step later."""
-    # orjson re-encodes `data`; its output can outgrow the input (1e2 → 100.0), never by 3x.
-    if 3 * len(content) + 4096 < MAX_EVENT_BYTES:
+    # orjson re-encodes `data`; its output can outgrow the input: `1e15` (4 bytes) renders as
+    # `1000000000000000.0` (18), so `[1e15,1e15,...]` grows 3.8x; the key appears twice. Below
+    # 5x the input cannot reach the limit; above, build the events to know.
+    if 5 * len(content) + 4096 < MAX_EVENT_BYTES:
         return
     artifacts.created_event(op, content)
     artifacts.collection_event(

@@ -136,7 +136,29 @@ def decode(raw: bytes) -> dict[str, Json]:
         raise Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
         raise Invalid("wrong_type", f"message must be a JSON object, got {type_name(value)}")
+    if _depth_over(value, MAX_DEPTH):
+        raise Invalid("too_deep", f"message nests objects/arrays deeper than {MAX_DEPTH} levels")
     return value
+
+
+#: orjson serializes at most 254 nested containers. A value sits no deeper in an event (event →
+#: payload → value) than in its message (message → artifact|changes → value), so a message within
+#: this depth always gives serializable events: checked here, before any state changes.
+MAX_DEPTH = 254
+
+
+def _depth_over(value: Json, limit: int) -> bool:
+    """Whether containers nest deeper than `limit` (iterative: orjson reads up to 1024 levels)."""
+    stack: list[tuple[Json, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return False
 
 
 def parse_artifact_op(raw: bytes) -> ArtifactOp:

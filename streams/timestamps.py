@@ -8,8 +8,9 @@ from streams.errors import Invalid
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-# A UUIDv7 carries 48 bits of milliseconds; datetime stops at year 9999, well inside that.
-_MAX_US = (1 << 48) * 1000 - 1
+# A UUIDv7 carries 48 bits of milliseconds; datetime stops at year 9999, well inside that. The
+# bound is on the UTC instant: `9999-12-31T23:59:59-01:00` parses, but is past what renders.
+_MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _US
 
 
 def parse(value: object, where: str) -> int:
@@ -31,7 +32,9 @@ def parse(value: object, where: str) -> int:
         parsed = parsed.replace(tzinfo=UTC)
     micros = (parsed - _EPOCH) // _US
     if not 0 <= micros <= _MAX_US:
-        raise Invalid("invalid_timestamp", f"{where} is before 1970: {value[:64]!r}")
+        raise Invalid(
+            "invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}"
+        )
     return micros
 
 

@@ -1,0 +1,357 @@
+"""SPEC §6 Bad input and failures: dead letters, all-or-nothing, and exact replays.
+
+The pure pipelines show the per-message rules; topology.steps (driven with fake InRecord batches
+and an in-memory table, no broker) shows dead letters carry the original bytes and where they came
+from, and that a replayed batch is either skipped or gives byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+
+import pytest
+import spec_helpers as h
+
+from streams.pipeline import ArtifactPipeline, AssetPipeline
+from topology import steps
+from topology.steps import InRecord, Topics
+
+RAW_ARTIFACTS = "prefect.raw.artifacts"
+RAW_RESULTS = "prefect.raw.asset-task-results"
+TOPICS = Topics(
+    artifact_events="prefect.events.artifacts",
+    asset_events="prefect.events.assets",
+    dead_letters="prefect.raw.dead-letters",
+    artifacts_by_id="by-id",
+    artifacts_by_key="by-key",
+    task_results_by_flow_run="by-flow-run",
+    partitions=4,
+)
+V1, V2, V3, U = h.uid(1), h.uid(2), h.uid(3), h.uid(0xDD)
+A, B, C = h.uid(0xA, "7a"), h.uid(0xB, "7a"), h.uid(0xC, "7a")
+
+
+def _deep(levels):
+    value: object = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _grows():
+    """420 kB of `1e15`s: orjson renders each as 1000000000000000.0, the collection event 1.6 MB."""
+    message = h.create(V2, at=1, data=[1e15] * 84_000)
+    return json.dumps(message, separators=(",", ":")).replace("1000000000000000.0", "1e15").encode()
+
+
+BAD_ARTIFACTS = [
+    ("not-json", b"{\"op\": \"create\"", "invalid_json"),
+    ("not-object", b"[1, 2, 3]", "wrong_type"),
+    ("missing-field", h.create(V2, drop=["occurred"]), "missing_field"),
+    ("wrong-type", h.create(V2, key=7), "wrong_type"),
+    ("invalid-uuid", h.create("v2"), "invalid_uuid"),
+    ("invalid-timestamp", h.create(V2, occurred="2026-02-30T00:00:00Z"), "invalid_timestamp"),
+    ("unknown-op", {**h.delete(V1), "op": "remove"}, "unknown_op"),
+    ("too-deep", h.create(V2, at=1, data=_deep(300)), "too_deep"),
+    ("artifact-event-too-large", h.create(V2, at=1, description="d" * 1_500_000), "event_too_large"),
+    ("collection-event-too-large", h.create(V2, at=1, data="x" * 1_500_000), "event_too_large"),
+    ("update-too-large", h.update(V1, {"data": "x" * 1_500_000}), "event_too_large"),
+    ("collection-event-grows-too-large", _grows(), "event_too_large"),
+]
+
+
+@pytest.mark.parametrize(
+    "bad, code", [(b, c) for _, b, c in BAD_ARTIFACTS], ids=[i for i, _, _ in BAD_ARTIFACTS]
+)
+def test_bad_artifact_message_is_a_dead_letter_and_never_happened(bad, code):
+    before = [h.create(V1, at=0), h.create(U, key=None, at=0.5)]
+    after = [h.create(V2, at=3), h.update(V1, {"description": "new"}, at=4), h.delete(V2, at=5),
+             h.delete(V1, at=6)]
+    pipeline = ArtifactPipeline()
+    h.raw_events(pipeline, before)
+    state = copy.deepcopy((pipeline.memberships, pipeline.collections))
+    outcome = pipeline.process(h.encode(bad))
+    assert outcome.events == []
+    assert outcome.dead_letter is not None
+    assert outcome.dead_letter.code == code
+    assert outcome.dead_letter.reason.strip() and "\n" not in outcome.dead_letter.reason
+    assert len(outcome.dead_letter.reason) < 500
+    assert (pipeline.memberships, pipeline.collections) == state
+    with_bad = [e.value for e in h.raw_events(pipeline, after)]
+    clean = ArtifactPipeline()
+    h.raw_events(clean, before)
+    assert with_bad == [e.value for e in h.raw_events(clean, after)]
+
+
+BAD_RESULTS = [
+    ("not-json", b"\xff", "invalid_json"),
+    ("missing-field", h.task_result(B, drop=["upstream_task_run_ids"]), "missing_field"),
+    ("wrong-type", h.task_result(B, state="COMPLETED", materialized_by=["x"]), "wrong_type"),
+    ("invalid-uuid", h.task_result(B, upstream_runs=["a"]), "invalid_uuid"),
+    ("invalid-timestamp", h.task_result(B, occurred="now"), "invalid_timestamp"),
+    ("too-deep", h.task_result(B, downstream=[h.materialized("y", {"m": _deep(260)})]), "too_deep"),
+    ("event-too-large",
+     h.task_result(B, downstream=[h.materialized("y", {"m": "x" * 1_500_000})], upstream_runs=[A]),
+     "event_too_large"),
+    ("failed-event-too-large",
+     h.task_result(B, downstream=[h.materialized("y", {"m": "x" * 1_500_000})], state="FAILED"),
+     "event_too_large"),
+]
+
+
+@pytest.mark.parametrize(
+    "bad, code", [(b, c) for _, b, c in BAD_RESULTS], ids=[i for i, _, _ in BAD_RESULTS]
+)
+def test_bad_task_result_is_a_dead_letter_and_never_happened(bad, code):
+    """B's bad attempt records nothing: C, downstream of B, inherits nothing; the flow run's
+    last-seen time does not move either."""
+    before = [h.task_result(A, downstream=[h.materialized("x")], at=0)]
+    after = [h.task_result(C, downstream=[h.materialized("z")], upstream_runs=[B, A], at=2)]
+    pipeline = AssetPipeline()
+    h.raw_events(pipeline, before)
+    state = {k: v.to_json() for k, v in pipeline.lineages.items()}
+    outcome = pipeline.process(h.encode(bad))
+    assert outcome.events == []
+    assert outcome.dead_letter is not None and outcome.dead_letter.code == code
+    assert outcome.dead_letter.reason.strip()
+    assert {k: v.to_json() for k, v in pipeline.lineages.items()} == state
+    clean = AssetPipeline()
+    h.raw_events(clean, before)
+    assert [e.value for e in h.raw_events(pipeline, after)] == [
+        e.value for e in h.raw_events(clean, after)
+    ]
+
+
+def test_a_later_good_attempt_of_the_same_task_run_counts():
+    pipeline = AssetPipeline()
+    bad = h.task_result(B, downstream=[h.materialized("y", {"m": "x" * 1_500_000})], at=1)
+    good = h.task_result(B, downstream=[h.materialized("y")], at=2)
+    consumer = h.task_result(C, downstream=[h.materialized("z")], upstream_runs=[B], at=3)
+    assert pipeline.process(h.encode(bad)).dead_letter is not None
+    events = h.run_assets([good, consumer], pipeline)
+    assert events[-1]["related"][0] == h.rel("y", "asset")
+
+
+# --- topology.steps: dead letters ---------------------------------------------------------------
+
+
+def _raw(topic, values, partitions=2):
+    return [
+        InRecord(topic, i % partitions, 100 + i // partitions, b"producer-key-%d" % i, v)
+        for i, v in enumerate(values)
+    ]
+
+
+def _forwarded(outputs, topic):
+    """Outputs for `topic` as the next step consumes them, with per-partition offsets."""
+    offsets: Counter[int] = Counter()
+    records = []
+    for out in outputs:
+        if out.topic != topic:
+            continue
+        records.append(
+            InRecord(topic, out.partition, offsets[out.partition], out.key, out.value,
+                     tuple(out.headers))
+        )
+        offsets[out.partition] += 1
+    return records
+
+
+class Table(dict):
+    def load(self, key, partition):
+        return self.get(key)
+
+    def write(self, result):
+        for key, (_, value) in result.writes.items():
+            self[key] = value
+
+
+def _check_dead_letter(out, record, code):
+    assert out.topic == TOPICS.dead_letters
+    assert out.value is record.value  # the original bytes, unchanged
+    assert out.key == record.key
+    headers = dict(out.headers)
+    assert headers["prefect-source-topic"] == record.topic.encode()
+    assert headers["prefect-source-partition"] == str(record.partition).encode()
+    assert headers["prefect-source-offset"] == str(record.offset).encode()
+    reason = headers["prefect-dead-letter-reason"].decode()
+    assert reason.strip() and "\n" not in reason
+    assert headers.get("prefect-dead-letter-code", code.encode()) == code.encode()
+
+
+@pytest.mark.parametrize(
+    "bad, code", [(b, c) for _, b, c in BAD_ARTIFACTS[:7]], ids=[i for i, _, _ in BAD_ARTIFACTS[:7]]
+)
+def test_route_artifacts_dead_letters_the_original_bytes(bad, code):
+    good = h.encode(h.create(V1))
+    batch = _raw(RAW_ARTIFACTS, [good, h.encode(bad), good])
+    result = steps.route_artifacts(TOPICS, batch)
+    dead = [o for o in result.outputs if o.topic == TOPICS.dead_letters]
+    assert len(dead) == 1
+    _check_dead_letter(dead[0], batch[1], code)
+    assert [(s, why.code) for s, why in result.dead_letters] == [(batch[1].source, code)]
+    forwarded = [o for o in result.outputs if o.topic == TOPICS.artifacts_by_id]
+    assert [o.value for o in forwarded] == [good, good]
+    assert all(o.key == V1.encode() for o in forwarded)  # re-keyed: the producer key is advice
+    assert dict(forwarded[0].headers)["prefect-source-offset"] == b"100"
+
+
+def test_route_artifacts_dead_letters_a_tombstone():
+    batch = [InRecord(RAW_ARTIFACTS, 3, 9, b"k", None)]
+    result = steps.route_artifacts(TOPICS, batch)
+    [out] = result.outputs
+    assert out.topic == TOPICS.dead_letters and out.value is None
+    assert dict(out.headers)["prefect-source-partition"] == b"3"
+
+
+@pytest.mark.parametrize(
+    "bad, code", [(b, c) for _, b, c in BAD_RESULTS[:5]], ids=[i for i, _, _ in BAD_RESULTS[:5]]
+)
+def test_route_task_results_dead_letters_the_original_bytes(bad, code):
+    good = h.encode(h.task_result(A))
+    batch = _raw(RAW_RESULTS, [h.encode(bad), good])
+    result = steps.route_task_results(TOPICS, batch)
+    [dead] = [o for o in result.outputs if o.topic == TOPICS.dead_letters]
+    _check_dead_letter(dead, batch[0], code)
+    [fwd] = [o for o in result.outputs if o.topic == TOPICS.task_results_by_flow_run]
+    assert fwd.key == h.FLOW_RUN.encode() and fwd.value is good
+
+
+def test_oversized_collection_event_is_refused_before_membership_state_changes():
+    """All or nothing across the worker's two steps: the membership step, which would commit the
+    artifact's key, refuses a create whose collection event (one hop later) would be too large."""
+    grows = _grows()
+    assert len(grows) < 500_000
+    routed = steps.route_artifacts(TOPICS, _raw(RAW_ARTIFACTS, [grows]))
+    by_id = _forwarded(routed.outputs, TOPICS.artifacts_by_id)
+    result = steps.apply_memberships(TOPICS, by_id, Table().load)
+    assert result.writes == {}
+    [dead] = result.outputs
+    assert dead.topic == TOPICS.dead_letters and dead.value == grows
+    assert dict(dead.headers)["prefect-source-topic"] == RAW_ARTIFACTS.encode()
+
+
+# --- topology.steps: replays --------------------------------------------------------------------
+
+
+ARTIFACT_OPS = [
+    h.create(V1, at=0),
+    h.create(V2, at=1, task_run_id=h.uid(0x71)),
+    h.create(U, key=None, at=2),
+    h.create(V3, "other", at=3),
+    h.delete(V1, at=4),
+    h.delete(V2, at=5),
+    h.delete(V3, at=6),
+    h.delete(h.uid(0x99), at=7),
+]
+
+
+def _replay_twice(run, batch, applied):
+    table = Table()
+    first = run(batch, table)
+    if applied:
+        table.write(first)
+    second = run(batch, table)
+    return first, second
+
+
+def _memberships(batch, table):
+    return steps.apply_memberships(TOPICS, batch, table.load)
+
+
+def _collections(batch, table):
+    return steps.apply_collections(TOPICS, batch, table.load)
+
+
+def _lineage(batch, table):
+    return steps.apply_lineage(TOPICS, batch, table.load, 7 * 86_400_000_000)
+
+
+def _by_id(messages):
+    routed = steps.route_artifacts(TOPICS, _raw(RAW_ARTIFACTS, [h.encode(m) for m in messages]))
+    return _forwarded(routed.outputs, TOPICS.artifacts_by_id)
+
+
+def _by_key(messages):
+    first = steps.apply_memberships(TOPICS, _by_id(messages), Table().load)
+    return _forwarded(first.outputs, TOPICS.artifacts_by_key)
+
+
+def _by_flow_run(messages):
+    routed = steps.route_task_results(TOPICS, _raw(RAW_RESULTS, [h.encode(m) for m in messages]))
+    return _forwarded(routed.outputs, TOPICS.task_results_by_flow_run)
+
+
+ASSET_OPS = [
+    h.task_result(A, downstream=[h.materialized("x")], at=0),
+    h.task_result(B, upstream_runs=[A], at=1),
+    h.task_result(C, downstream=[h.materialized("y")], upstream_runs=[B], at=2),
+    h.task_result(h.uid(0xF, "7a"), downstream=[h.materialized("q")], flow_run_id=h.uid(2, "f2"), at=3),
+]
+
+STEPS = {
+    "memberships": (_memberships, lambda: _by_id(ARTIFACT_OPS)),
+    "collections": (_collections, lambda: _by_key(ARTIFACT_OPS)),
+    "lineage": (_lineage, lambda: _by_flow_run(ASSET_OPS)),
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_replay_after_state_was_written_emits_nothing(step):
+    run, batch = STEPS[step][0], STEPS[step][1]()
+    first, second = _replay_twice(run, batch, applied=True)
+    assert first.outputs and first.writes
+    stateful = len(batch) - (step == "memberships")  # the unknown delete changes no state
+    assert second.replays_skipped == stateful
+    assert second.writes == {}
+    if step == "memberships":
+        # the unknown delete is not recorded, so it is processed again: it emits nothing anyway
+        assert second.outputs == [] and second.unknown_deletes == 1
+    else:
+        assert second.outputs == []
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_replay_before_state_was_written_gives_byte_identical_outputs(step):
+    run, batch = STEPS[step][0], STEPS[step][1]()
+    first, second = _replay_twice(run, batch, applied=False)
+    assert first.outputs
+    assert second.outputs == first.outputs  # topic, key, value bytes, headers, partition
+    assert second.writes == first.writes
+    assert second.replays_skipped == 0
+
+
+def test_replayed_updates_are_byte_identical():
+    """An update changes no membership state, so a replayed one is processed again: its event
+    comes out with the same id and bytes (the sinks deduplicate it); the collection step, which
+    does change state, skips the forwarded copy."""
+    ops = [h.create(V1, at=0), h.update(V1, {"data": 2}, at=1)]
+    batch = _by_id(ops)
+    first, second = _replay_twice(_memberships, batch, applied=True)
+    events = [o for o in first.outputs if o.topic == TOPICS.artifact_events]
+    assert all(o in first.outputs for o in second.outputs)
+    assert [o for o in second.outputs if o.topic == TOPICS.artifact_events] == events[-1:]
+    table = Table()
+    by_key = _forwarded(first.outputs, TOPICS.artifacts_by_key)
+    table.write(_collections(by_key, table))
+    replay = _collections(_forwarded(second.outputs, TOPICS.artifacts_by_key), table)
+    assert replay.outputs == [] and replay.replays_skipped == 1
+
+
+def test_the_worker_steps_emit_what_the_pipeline_emits():
+    """route → memberships → collections over tables gives the pipeline's events (as a multiset:
+    the two steps publish at different times)."""
+    by_id_table, by_key_table = Table(), Table()
+    first = _memberships(_by_id(ARTIFACT_OPS), by_id_table)
+    second = _collections(_forwarded(first.outputs, TOPICS.artifacts_by_key), by_key_table)
+    worker = [
+        o.value for r in (first, second) for o in r.outputs if o.topic == TOPICS.artifact_events
+    ]
+    pipeline = [e.value for e in h.raw_events(ArtifactPipeline(), ARTIFACT_OPS)]
+    assert Counter(worker) == Counter(pipeline)
+    lineage = _lineage(_by_flow_run(ASSET_OPS), Table())
+    assert [o.value for o in lineage.outputs] == [
+        e.value for e in h.raw_events(AssetPipeline(), ASSET_OPS)
+    ]
