@@ -136,7 +136,8 @@ def decode(raw: bytes) -> dict[str, Json]:
         raise Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
         raise Invalid("wrong_type", f"message must be a JSON object, got {type_name(value)}")
-    if _depth_over(value, MAX_DEPTH):
+    # Counting brackets is C-speed and bounds the depth from above: walk only when it could be over.
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_over(value, MAX_DEPTH):
         raise Invalid("too_deep", f"message nests objects/arrays deeper than {MAX_DEPTH} levels")
     return value
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import importlib.resources
 import os
 import re
@@ -17,8 +18,11 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -29,6 +33,7 @@ _START_TIMEOUT_S = 20.0
 _STOP_GRACE_S = 5.0
 _API_VERSIONS_KEY = 18
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(RuntimeError):
@@ -95,12 +100,38 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook making Linux SIGTERM the broker when this process dies, even by SIGKILL.
+
+    atexit alone misses SIGKILL and an unhandled SIGTERM, and an orphaned broker keeps all data
+    in RAM. The kernel ties the signal to the spawning *thread*, so it is only used from the main
+    thread (a worker thread exiting would otherwise kill a broker that is still in use).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return hook
+
+
 class EmbeddedBroker:
     """One Tansu broker process on a fresh loopback port.
 
     Sync API so that sync code and session fixtures can use it. A fresh port on every `start()`
     because restarting Tansu on the port it just left can panic with AddrInUse. An atexit hook
-    stops it if the parent exits without calling `stop()`; a SIGKILLed parent still leaks it.
+    stops it if the parent exits without calling `stop()`; on Linux the kernel also stops it if
+    the parent is killed.
     """
 
     def __init__(
@@ -153,6 +184,7 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent(),  # only a prctl call: safe enough with threads
             )
         except OSError as exc:
             log_file.close()
@@ -173,8 +205,7 @@ class EmbeddedBroker:
             code = self._proc.poll()
             if code is not None:
                 raise BrokerError(
-                    f"tansu exited with code {code} during start-up; "
-                    f"log {self.log_path}: {self._log_tail()}"
+                    f"tansu exited with code {code} during start-up; log {self.log_path}: {self._log_tail()}"
                 )
             if answers_kafka(self.host, self.port):
                 return
