@@ -78,8 +78,11 @@ def _env(bootstrap: str, partitions: int, input_partitions: int) -> dict[str, st
 def start_worker(bootstrap_servers: str, tmp_path: Path) -> Iterator[object]:
     started: list[RunningWorker] = []
 
-    def start(partitions: int = 4, input_partitions: int = 4) -> RunningWorker:
+    def start(
+        partitions: int = 4, input_partitions: int = 4, guarantee: str = "at_least_once"
+    ) -> RunningWorker:
         env = _env(bootstrap_servers, partitions, input_partitions)
+        env["PREFECT_EVENTS_PROCESSING_GUARANTEE"] = guarantee
         env["PREFECT_EVENTS_DATA_DIR"] = str(tmp_path / "data")
         log = tmp_path / f"worker-{len(started)}.log"
         # Topics exist before anything is produced, with the partitions the worker expects.
@@ -235,3 +238,30 @@ def offline_lines(raw: bytes) -> list[bytes]:
     from streams.pipeline import ArtifactPipeline
 
     return [e.value for e in ArtifactPipeline().process(raw).events]
+
+
+async def _supports_transactions(bootstrap: str) -> str | None:
+    """None when a transactional producer can start, else why not (Tansu: BROKER.md defect 3)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"probe-{uuid.uuid4()}")
+    try:
+        await asyncio.wait_for(producer.start(), timeout=15)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}".splitlines()[0]
+    finally:
+        await producer.stop()
+    return None
+
+
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+def test_exactly_once_where_the_broker_has_transactions(start_worker, bootstrap_servers: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Faust's exactly_once mode, A7 end to end; skipped on brokers without transactions."""
+    why_not = asyncio.run(_supports_transactions(bootstrap_servers))
+    if why_not is not None:
+        pytest.skip(f"broker refuses transactional producers ({why_not}); exactly_once untestable here")
+    worker = start_worker(partitions=1, input_partitions=1, guarantee="exactly_once")
+    s = worker.settings
+    inputs = (GOLDEN / "A7" / "input.jsonl").read_bytes().splitlines()
+    expected = (GOLDEN / "A7" / "expected.jsonl").read_text().splitlines()
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, inputs))
+    records = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, len(expected)))
+    compare(GOLDEN / "A7" / "expected.jsonl", [v for _, v, _ in records], tmp_path)

@@ -249,7 +249,8 @@ class Worker:
         """Send every record of a batch and wait until the broker has acknowledged all of them."""
         if not outputs:
             return
-        producer = self.app.producer
+        # Under exactly_once, Faust's transaction manager picks the transactional producer.
+        producer = self.app.consumer.transactions if self.app.in_transaction else self.app.producer
         pending = [
             await producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
             for o in outputs
