@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +34,10 @@ _DOCKER_FAILED = pytest.StashKey[str]()
 def _docker_engine_answers(timeout_s: float = 3.0) -> bool:
     """Ping the engine the way testcontainers will reach it; False fast when there is none."""
     try:
-        from testcontainers.core.docker_client import DockerClient
+        from testcontainers.core.docker_client import DockerClient, get_docker_host
 
+        if get_docker_host() is None and not os.path.exists("/var/run/docker.sock"):
+            return False  # docker-py would only fail on the default socket (and leak it)
         client = DockerClient(timeout=timeout_s).client
         try:
             return bool(client.ping())
@@ -56,11 +59,15 @@ def kafka_broker(pytestconfig: pytest.Config) -> Iterator[SessionBroker]:
     if _docker_engine_answers():
         from testcontainers.community.kafka import KafkaContainer
 
-        container = KafkaContainer(KAFKA_IMAGE).with_kraft()
+        container: KafkaContainer | None = None
         try:
+            container = KafkaContainer(KAFKA_IMAGE).with_kraft()
             container.start()
         except Exception as exc:  # image pull or start failed: fall back, and say so
             pytestconfig.stash[_DOCKER_FAILED] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.stop()
         else:
             try:
                 broker = SessionBroker(

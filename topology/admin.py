@@ -127,9 +127,7 @@ async def ensure_topics(
 
 
 async def _create(bootstrap_servers: str, specs: list[TopicSpec], timeout_s: float) -> None:
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000)
-    )
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
     try:
         await admin.start()
         response = await admin.create_topics(

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
@@ -185,7 +186,14 @@ def cmd_forward(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         return await forward(
-            settings, args.to, group_id=args.group_id, batch_size=args.forward_batch_size, stop=stop
+            settings,
+            args.to,
+            group_id=args.group_id,
+            batch_size=args.forward_batch_size,
+            stop=stop,
+            # Prefect's own variables: Bearer key (Cloud) or basic auth (self-hosted server).
+            api_key=os.environ.get("PREFECT_API_KEY") or None,
+            auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
         )
 
     delivered = asyncio.run(main())

@@ -99,8 +99,7 @@ def configure_fetch_wait(app: faust.App, fetch_max_wait_ms: int) -> None:
         driver = None
     if driver is None or not issubclass(driver, Transport):
         raise ValueError(
-            f"fetch wait is only configurable with the aiokafka driver (kafka://), "
-            f"not {urls[0].scheme}://"
+            f"fetch wait is only configurable with the aiokafka driver (kafka://), not {urls[0].scheme}://"
         )
     app.transport = FetchWaitTransport(urls, app, fetch_max_wait_ms=wait)
 

@@ -1,0 +1,422 @@
+"""The Prefect server sink: deliver the output topics' events to a Prefect 3 server.
+
+Prefect's own clients stream events one per websocket message to `/api/events/in` and learn
+nothing back except that the socket is still open; a bad event makes the server close the socket
+without saying which one it was. The server also has `POST /api/events`, which takes a JSON list
+of events in one request and answers 204 once they are published, or 422 with the index of every
+invalid event. That gives a per-batch acknowledgement (offsets are committed only after it) and
+per-event rejection reasons, so this sink uses it. The server deduplicates by event id, so
+at-least-once delivery (a crash between POST and commit, a replay from offset 0) is harmless.
+
+Events are forwarded unchanged: the request body is the records' own bytes joined into a JSON
+list; each value is parsed only to find its id for deduplication and log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+from topology.config import Settings
+from topology.records import (
+    REASON,
+    REASON_CODE,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+)
+
+if TYPE_CHECKING:
+    from topology.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+# The same headers the worker's own dead letters carry (topology.records).
+_OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET})
+
+# The server refuses (silently, with a 204) events whose JSON as it re-serializes them, with its
+# `received` timestamp added, is over `events.maximum_size_bytes`; leave room for that field.
+MAX_EVENT_BYTES = 1_500_000
+_RECEIVED_FIELD_BYTES = 64
+
+# 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter
+# (1xx and 3xx that aiohttp did not resolve are treated the same way).
+_FATAL_STATUSES = frozenset({401, 403, 404, 405})
+# 4xx that are worth retrying like a 5xx.
+_RETRY_STATUSES = frozenset({408, 425, 429})
+
+
+class ForwardError(RuntimeError):
+    """The Prefect server refuses every request (bad URL or credentials): stop, commit nothing."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; after `attempts` tries it keeps trying at `cap`."""
+
+    base: float = 0.2
+    cap: float = 30.0
+    attempts: int = 8
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before try number `attempt + 1` (attempt counts from 0)."""
+        ceiling = min(self.cap, self.base * 2 ** min(attempt, 62))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class _Item:
+    """One output record on its way to the server."""
+
+    record: Any  # aiokafka ConsumerRecord
+    event_id: str
+    name: str
+
+
+@dataclass
+class _Outcome:
+    delivered: list[_Item] = field(default_factory=list)
+    rejected: list[tuple[_Item, str, str]] = field(default_factory=list)  # item, code, reason
+
+
+def auth_headers(api_key: str | None = None, auth_string: str | None = None) -> dict[str, str]:
+    """The Authorization header Prefect's HTTP client sends: basic auth string, else bearer key."""
+    if auth_string:
+        token = base64.b64encode(auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    return {}
+
+
+class PrefectSink:
+    """POSTs batches of raw event JSON to `{api_url}/events`, retrying until they are accepted.
+
+    `deliver` returns only when every event was either accepted or permanently rejected, or when
+    `stop` is set (then it returns None and the caller must not commit).
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        *,
+        retry: RetryPolicy | None = None,
+        stop: asyncio.Event | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._session = session
+        self.url = api_url.rstrip("/") + "/events"
+        self._retry = retry or RetryPolicy()
+        self._stop = stop or asyncio.Event()
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+
+    async def deliver(self, items: Sequence[_Item]) -> _Outcome | None:
+        outcome = _Outcome()
+        pending = list(items)
+        while pending:
+            response = await self._post(pending)
+            if response is None:
+                return None
+            status, body = response
+            if 200 <= status < 300:
+                outcome.delivered.extend(pending)
+                return outcome
+            if status == 422:
+                errors = _errors_by_index(body, len(pending))
+                if errors:
+                    for index, reason in sorted(errors.items()):
+                        outcome.rejected.append((pending[index], "rejected_by_server", reason))
+                    pending = [it for i, it in enumerate(pending) if i not in errors]
+                    continue
+            if len(pending) == 1:
+                reason = f"HTTP {status}: {_describe(body)}"
+                code = "event_too_large" if status == 413 else "rejected_by_server"
+                outcome.rejected.append((pending[0], code, reason))
+                return outcome
+            # A rejection not attributed to single events: halve until each one is judged alone.
+            half = len(pending) // 2
+            for part in (pending[:half], pending[half:]):
+                sub = await self.deliver(part)
+                if sub is None:
+                    return None
+                outcome.delivered.extend(sub.delivered)
+                outcome.rejected.extend(sub.rejected)
+            return outcome
+        return outcome
+
+    async def _post(self, items: Sequence[_Item]) -> tuple[int, bytes] | None:
+        """One request, retried on connection errors, timeouts, 5xx and 408/425/429."""
+        body = b"[" + b",".join(it.record.value for it in items) + b"]"
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                async with self._session.post(self.url, data=body, headers=self._headers) as resp:
+                    status, text = resp.status, await resp.read()
+                if status < 500 and status not in _RETRY_STATUSES:
+                    if status in _FATAL_STATUSES or status < 200 or 300 <= status < 400:
+                        raise ForwardError(
+                            f"Prefect server at {self.url} answered HTTP {status} "
+                            f"({_describe(text)}): check the API URL and credentials"
+                        )
+                    return status, text
+                problem = f"HTTP {status}: {_describe(text)}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            delay = self._retry.delay(attempt)
+            attempt += 1
+            level = logging.INFO if attempt < self._retry.attempts else logging.WARNING
+            log.log(
+                level,
+                "Prefect server POST %s failed (try %d, %d events): %s; retrying in %.1fs",
+                self.url,
+                attempt,
+                len(items),
+                problem,
+                delay,
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        return None
+
+
+def _describe(body: bytes, limit: int = 500) -> str:
+    """A one-line, bounded rendering of a response body for logs and dead-letter headers."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode(errors="replace")
+    else:
+        detail = None
+        if isinstance(data, dict):
+            detail = data.get("exception_detail") or data.get("detail")
+        text = orjson.dumps(detail if detail is not None else data).decode()
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _errors_by_index(body: bytes, count: int) -> dict[int, str]:
+    """Map the events of a 422 to their validation errors (FastAPI: loc = ["body", index, ...])."""
+    try:
+        detail = orjson.loads(body).get("exception_detail")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    if not isinstance(detail, list):
+        return {}
+    errors: dict[int, list[str]] = {}
+    for error in detail:
+        loc = error.get("loc") if isinstance(error, dict) else None
+        if not (isinstance(loc, list) and len(loc) >= 2 and loc[0] == "body"):
+            return {}
+        index = loc[1]
+        if not isinstance(index, int) or not 0 <= index < count:
+            return {}
+        where = ".".join(str(part) for part in loc[2:]) or "event"
+        errors.setdefault(index, []).append(f"{where}: {error.get('msg', 'invalid')}")
+    return {i: "HTTP 422: " + "; ".join(msgs)[:1000] for i, msgs in errors.items()}
+
+
+def _parse(record: Any) -> tuple[_Item | None, str, str]:
+    """Read an output record just far enough to know its id; else why it cannot be sent."""
+    value = record.value
+    if not isinstance(value, bytes | bytearray):
+        return None, "invalid_json", "record has no value"
+    if len(value) + _RECEIVED_FIELD_BYTES > MAX_EVENT_BYTES:
+        return (
+            None,
+            "event_too_large",
+            f"event is {len(value)} bytes; the Prefect server would refuse it (limit "
+            f"{MAX_EVENT_BYTES} bytes including its received timestamp)",
+        )
+    try:
+        event = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return None, "invalid_json", f"record value is not JSON: {exc}"
+    if not isinstance(event, dict):
+        return None, "wrong_type", "record value is not a JSON object"
+    event_id, name = event.get("id"), event.get("event")
+    if not isinstance(event_id, str) or not event_id:
+        return None, "missing_field", "event has no string id"
+    return _Item(record, event_id, name if isinstance(name, str) else "?"), "", ""
+
+
+def _bootstrap(settings: Settings) -> list[str]:
+    return [part.strip().removeprefix("kafka://") for part in settings.bootstrap_servers.split(",")]
+
+
+async def forward(
+    settings: Settings,
+    api_url: str,
+    *,
+    topics: Sequence[str] | None = None,
+    group_id: str | None = None,
+    batch_size: int = 200,
+    stop: asyncio.Event | None = None,
+    max_events: int | None = None,
+    api_key: str | None = None,
+    auth_string: str | None = None,
+    retry: RetryPolicy | None = None,
+    request_timeout: float = 30.0,
+    max_batch_bytes: int = 8_000_000,
+    metrics: Metrics | None = None,
+    consumer_config: Mapping[str, Any] | None = None,
+) -> int:
+    """Consume the output topics and deliver every event to a Prefect server; return how many.
+
+    Runs until `stop` is set or `max_events` events were delivered. Offsets are committed only
+    after a batch was accepted (or its rejected events were written to the dead-letter topic), so
+    a crash re-sends at most one batch, which the server deduplicates by event id.
+    `consumer_config` adds or overrides AIOKafkaConsumer arguments (security, group timeouts).
+    """
+    stop = stop or asyncio.Event()
+    topics = list(topics or (settings.artifact_events_topic, settings.asset_events_topic))
+    group = group_id or f"{settings.app_id}-forward"
+    consumer = AIOKafkaConsumer(
+        *topics,
+        bootstrap_servers=_bootstrap(settings),
+        group_id=group,
+        client_id=f"{settings.app_id}-forward",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        # A server outage keeps us retrying one batch without polling; do not leave the group.
+        max_poll_interval_ms=24 * 3_600_000,
+        **(consumer_config or {}),
+    )
+    producer = AIOKafkaProducer(
+        bootstrap_servers=_bootstrap(settings), client_id=f"{settings.app_id}-forward", acks="all"
+    )
+    timeout = aiohttp.ClientTimeout(total=request_timeout)
+    delivered = 0
+    await consumer.start()
+    try:
+        await producer.start()
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            sink = PrefectSink(
+                session,
+                api_url,
+                retry=retry,
+                stop=stop,
+                headers={
+                    "User-Agent": "prefect-kafka-events forward",
+                    **auth_headers(api_key, auth_string),
+                },
+            )
+            log.info("forwarding %s to %s as group %s", ", ".join(topics), sink.url, group)
+            while not stop.is_set() and (max_events is None or delivered < max_events):
+                limit = batch_size if max_events is None else max_events - delivered
+                limit = min(batch_size, limit)
+                fetched = await consumer.getmany(timeout_ms=500, max_records=limit)
+                records = [r for batch in fetched.values() for r in batch]
+                if not records:
+                    continue
+                started = time.perf_counter()
+                sent = await _forward_batch(
+                    records, sink, producer, settings.dead_letter_topic, max_batch_bytes, metrics
+                )
+                if sent is None:
+                    break  # stopped while retrying: leave the batch uncommitted
+                await _commit(consumer, fetched)
+                delivered += sent
+                log.debug(
+                    "forwarded %d of %d records from %s in %.1f ms (total %d)",
+                    sent,
+                    len(records),
+                    ",".join(sorted({r.topic for r in records})),
+                    (time.perf_counter() - started) * 1000,
+                    delivered,
+                )
+    finally:
+        await producer.stop()
+        await consumer.stop()
+    return delivered
+
+
+async def _forward_batch(
+    records: Sequence[Any],
+    sink: PrefectSink,
+    producer: AIOKafkaProducer,
+    dead_letter_topic: str,
+    max_batch_bytes: int,
+    metrics: Metrics | None,
+) -> int | None:
+    """Deliver one fetched batch; dead-letter what cannot be delivered. None when stopped."""
+    items: list[_Item] = []
+    rejected: list[tuple[Any, str, str, str]] = []  # record, event id, code, reason
+    seen: set[str] = set()
+    for record in records:
+        item, code, reason = _parse(record)
+        if item is None:
+            rejected.append((record, "", code, reason))
+        elif item.event_id not in seen:  # same id twice = the same event replayed
+            seen.add(item.event_id)
+            items.append(item)
+    sent = 0
+    for chunk in _chunks(items, max_batch_bytes):
+        outcome = await sink.deliver(chunk)
+        if outcome is None:
+            return None
+        sent += len(outcome.delivered)
+        rejected.extend((it.record, it.event_id, code, why) for it, code, why in outcome.rejected)
+    for record, event_id, code, reason in rejected:
+        log.error(
+            "event %s from %s[%d]@%d not delivered (%s): %s; sent to %s",
+            event_id or "?",
+            record.topic,
+            record.partition,
+            record.offset,
+            code,
+            reason,
+            dead_letter_topic,
+        )
+        headers = [(k, v) for k, v in (record.headers or ()) if k not in _OWN_HEADERS]
+        headers += [
+            (REASON, reason.encode()),
+            (REASON_CODE, code.encode()),
+            (SOURCE_TOPIC, record.topic.encode()),
+            (SOURCE_PARTITION, str(record.partition).encode()),
+            (SOURCE_OFFSET, str(record.offset).encode()),
+        ]
+        await producer.send_and_wait(dead_letter_topic, value=record.value, key=record.key, headers=headers)
+        if metrics is not None:
+            metrics.dead_letter(code)
+    if metrics is not None and sent:
+        metrics.forwarded(sent)
+    return sent
+
+
+def _chunks(items: Sequence[_Item], max_bytes: int) -> list[list[_Item]]:
+    """Split a batch so that no request body is over `max_bytes` (one event is always allowed)."""
+    chunks: list[list[_Item]] = []
+    size = 0
+    for item in items:
+        length = len(item.record.value) + 1
+        if chunks and size + length <= max_bytes:
+            chunks[-1].append(item)
+            size += length
+        else:
+            chunks.append([item])
+            size = length
+    return chunks
+
+
+async def _commit(consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Any]]) -> None:
+    offsets = {tp: batch[-1].offset + 1 for tp, batch in fetched.items() if batch}
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:
+        # Partitions moved to another member meanwhile: it re-sends from the last commit and the
+        # server drops the duplicates by id. Nothing is lost.
+        log.warning("offsets not committed (%s); those events will be delivered again", exc)
