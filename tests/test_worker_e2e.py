@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from topology.admin import ensure_topics
 from topology.app import TopicNames
-from topology.config import load
+from topology.config import Settings, load
 
 pytestmark = pytest.mark.broker
 
@@ -49,7 +49,7 @@ class RunningWorker:
     log: Path
 
     @property
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self) -> Settings:
         return load(environ=self.env)
 
 
@@ -74,8 +74,11 @@ def _env(bootstrap: str, partitions: int, input_partitions: int) -> dict[str, st
     return env
 
 
+StartWorker = Callable[..., RunningWorker]
+
+
 @pytest.fixture
-def start_worker(bootstrap_servers: str, tmp_path: Path) -> Iterator[object]:
+def start_worker(bootstrap_servers: str, tmp_path: Path) -> Iterator[StartWorker]:
     started: list[RunningWorker] = []
 
     def start(
@@ -173,7 +176,9 @@ def offline(stream: str, input_path: Path) -> list[bytes]:
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
 @pytest.mark.parametrize("case", golden_cases("artifacts"))
-def test_artifact_golden_case_end_to_end(case: str, start_worker, bootstrap_servers: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_artifact_golden_case_end_to_end(
+    case: str, start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
+) -> None:
     """One partition end to end: operations on different artifacts of one key keep input order
     (with more partitions, operations arriving together may be applied in another order)."""
     worker = start_worker(partitions=1, input_partitions=1)
@@ -194,7 +199,9 @@ def test_artifact_golden_case_end_to_end(case: str, start_worker, bootstrap_serv
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
 @pytest.mark.parametrize("case", golden_cases("assets"))
-def test_asset_golden_case_end_to_end(case: str, start_worker, bootstrap_servers: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_asset_golden_case_end_to_end(
+    case: str, start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
+) -> None:
     """Four partitions: lineage is per flow run, so order holds within each flow run's partition."""
     worker = start_worker(partitions=4, input_partitions=4)
     s = worker.settings
@@ -208,7 +215,9 @@ def test_asset_golden_case_end_to_end(case: str, start_worker, bootstrap_servers
     assert sorted(values) == sorted(offline("assets", GOLDEN / case / "input.jsonl"))
 
 
-def test_malformed_message_is_dead_lettered_and_the_next_one_processed(start_worker, bootstrap_servers: str) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_message_is_dead_lettered_and_the_next_one_processed(
+    start_worker: StartWorker, bootstrap_servers: str
+) -> None:
     worker = start_worker(partitions=2, input_partitions=1)
     s = worker.settings
     good = json.dumps(
@@ -253,7 +262,9 @@ async def _supports_transactions(bootstrap: str) -> str | None:
 
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
-def test_exactly_once_where_the_broker_has_transactions(start_worker, bootstrap_servers: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_exactly_once_where_the_broker_has_transactions(
+    start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
+) -> None:
     """Faust's exactly_once mode, A7 end to end; skipped on brokers without transactions."""
     why_not = asyncio.run(_supports_transactions(bootstrap_servers))
     if why_not is not None:
