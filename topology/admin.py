@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,6 +78,23 @@ async def wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
     Retries until `timeout_s` because a broker started alongside the worker (compose, CI) may
     still be booting.
     """
+    # Each failed attempt is expected while waiting; aiokafka would log every one at ERROR.
+    with _quiet("aiokafka"):
+        await _wait_for_broker(bootstrap_servers, timeout_s)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def _wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     last_error = "no answer"
     while True:

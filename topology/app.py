@@ -14,7 +14,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import faust
 from faust.streams import _current_event
@@ -22,6 +22,7 @@ from faust.streams import _current_event
 from topology import steps
 from topology.admin import TopicSpec
 from topology.config import Settings
+from topology.metrics import Metrics
 from topology.records import Out, partition_for
 from topology.steps import BatchResult, InRecord, Topics
 from topology.transport import configure_fetch_wait
@@ -30,26 +31,6 @@ log = logging.getLogger("prefect_events")
 
 Table = faust.types.TableT[bytes, bytes]
 Stream = faust.Stream[bytes]
-
-
-class Metrics(Protocol):
-    """What the agents report; topology.metrics.Metrics implements it."""
-
-    def input(self, topic: str, n: int = 1) -> None: ...
-    def emitted(self, event: str, n: int = 1) -> None: ...
-    def dead_letter(self, reason: str) -> None: ...
-    def unknown_delete(self, n: int = 1) -> None: ...
-    def related_truncated(self, n: int = 1) -> None: ...
-    def processing(self, seconds: float) -> None: ...
-
-
-class NoMetrics:
-    def input(self, topic: str, n: int = 1) -> None: ...
-    def emitted(self, event: str, n: int = 1) -> None: ...
-    def dead_letter(self, reason: str) -> None: ...
-    def unknown_delete(self, n: int = 1) -> None: ...
-    def related_truncated(self, n: int = 1) -> None: ...
-    def processing(self, seconds: float) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -113,7 +94,7 @@ class Worker:
 
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
-        self.metrics: Metrics = metrics or NoMetrics()
+        self.metrics = metrics or Metrics()
         self.names = TopicNames(settings)
         self.topics = self.names.topics()
         self.lineage_watermark_us = 0
@@ -129,9 +110,9 @@ class Worker:
             processing_guarantee=settings.processing_guarantee,
             consumer_auto_offset_reset="earliest",
             broker_commit_interval=settings.commit_interval_s,
-            broker_session_timeout=10.0,
-            broker_heartbeat_interval=1.0,
-            broker_rebalance_timeout=10.0,
+            broker_session_timeout=settings.session_timeout_s,
+            broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
+            broker_rebalance_timeout=max(10.0, settings.session_timeout_s),
             producer_linger=settings.producer_linger_ms / 1000,
             producer_acks=-1,
             web_enabled=False,
@@ -187,6 +168,7 @@ class Worker:
             lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention),
         )
         self.app.timer(interval=60.0, name="lineage-retention")(self.sweep_lineage)
+        self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
 
     def _agent(
         self, name: str, topic: faust.TopicT, process: Callable[[list[InRecord]], BatchResult]
@@ -200,7 +182,7 @@ class Worker:
                 self.metrics.input(topic.get_topic_name(), len(batch))
                 result = process(batch)
                 await self._publish(result.outputs)
-                self._report(result, started)
+                self._report(result, started, batch)
 
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
@@ -234,7 +216,7 @@ class Worker:
                 for key, (partition, value) in result.writes.items():
                     with acting_as(by_partition[partition]):
                         table[key] = value
-                self._report(result, started)
+                self._report(result, started, batch)
 
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
@@ -252,13 +234,31 @@ class Worker:
         # Under exactly_once, Faust's transaction manager picks the transactional producer.
         producer = self.app.consumer.transactions if self.app.in_transaction else self.app.producer
         pending = [
-            await producer.send(o.topic, o.key, o.value, o.partition, None, o.headers)
+            await producer.send(
+                o.topic,
+                o.key,
+                o.value,
+                o.partition,
+                None if o.timestamp_ms is None else o.timestamp_ms / 1000,
+                o.headers,
+            )
             for o in outputs
         ]
         await asyncio.gather(*pending)
 
-    def _report(self, result: BatchResult, started: float) -> None:
+    def _report(self, result: BatchResult, started: float, batch: Sequence[InRecord]) -> None:
         m = self.metrics
+        last: dict[tuple[str, int], int] = {}
+        for record in batch:
+            last[(record.topic, record.partition)] = record.offset
+        for (topic, partition), offset in last.items():
+            highwater = self.app.consumer.highwater(faust.types.TP(topic, partition))
+            if highwater is not None:
+                m.consumer_lag(topic, partition, max(0, highwater - offset - 1))
+        if result.emitted:  # events left the worker: input timestamp → now, per message
+            for record in batch:
+                if record.timestamp_ms is not None:
+                    m.end_to_end(record.timestamp_ms)
         for name, count in result.emitted.items():
             m.emitted(name, count)
         for source, why in result.dead_letters:
@@ -274,6 +274,15 @@ class Worker:
         if result.replays_skipped:
             log.info("skipped %d replayed messages already applied", result.replays_skipped)
         m.processing(time.perf_counter() - started)
+
+    async def measure_tables(self) -> None:
+        """Keys per table: exact for memory://, RocksDB's own estimate for rocksdb:// (no scan)."""
+        for name, table in (
+            ("artifact-memberships", self.memberships),
+            ("artifact-collections", self.collections),
+            ("flow-run-lineage", self.lineage),
+        ):
+            self.metrics.table_keys(name, table_keys(table))
 
     async def sweep_lineage(self) -> None:
         """Forget flow runs silent for longer than the retention (bounded table size)."""
@@ -291,6 +300,17 @@ class Worker:
             log.info("lineage retention: forgot %d flow runs", len(expired))
 
 
+def table_keys(table: Any) -> int:
+    store = table.data
+    dbs = getattr(store, "_dbs", None)
+    if dbs is None:
+        return len(store)
+    return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs.values())
+
+
 def _record(event: Any) -> InRecord:
     m = event.message
-    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+    timestamp_ms = None if m.timestamp is None else int(m.timestamp * 1000)
+    return InRecord(
+        m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), timestamp_ms
+    )

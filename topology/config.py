@@ -61,6 +61,12 @@ class Settings:
     )
     producer_linger_ms: int = 5
     commit_interval_s: float = 1.0
+    session_timeout_s: float = field(
+        default=10.0, metadata={"help": "consumer group session timeout (Kafka allows 6..1800)"}
+    )
+    broker_wait_s: float = field(
+        default=30.0, metadata={"help": "how long to wait for Kafka at start before giving up"}
+    )
     metrics_port: int = field(default=9309, metadata={"help": "0 disables the metrics server"})
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -150,6 +156,10 @@ def validate(s: Settings) -> None:
             raise ConfigError(f"{name}: {value} is out of range [{low}, {high}]")
     if not s.lineage_retention_days > 0:
         raise ConfigError(f"lineage_retention_days: {s.lineage_retention_days} must be > 0")
+    if not 0.5 <= s.session_timeout_s <= 1800:
+        raise ConfigError(f"session_timeout_s: {s.session_timeout_s} is out of range [0.5, 1800]")
+    if not s.broker_wait_s > 0:
+        raise ConfigError(f"broker_wait_s: {s.broker_wait_s} must be > 0")
     if not s.commit_interval_s > 0:
         raise ConfigError(f"commit_interval_s: {s.commit_interval_s} must be > 0")
     if not _STORE.match(s.store):

@@ -55,6 +55,7 @@ class Out:
     value: bytes | None
     headers: list[tuple[str, bytes]]
     partition: int | None = None
+    timestamp_ms: int | None = None  # forwards keep the input's timestamp (end-to-end latency)
 
 
 def partition_for(key: bytes, partitions: int) -> int:

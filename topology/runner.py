@@ -24,18 +24,16 @@ log = logging.getLogger("prefect_events")
 
 async def prepare(settings: Settings) -> None:
     """Fail fast with one line if Kafka is unreachable; create every topic with its partitions."""
-    await admin.wait_for_broker(settings.bootstrap_servers, timeout_s=30)
+    await admin.wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
     await admin.ensure_topics(settings.bootstrap_servers, TopicNames(settings).specs())
 
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
-    worker = Worker(settings, metrics or Metrics())
+    worker = Worker(settings, metrics)
     if settings.metrics_port:
-        metrics_ = worker.metrics
-        assert isinstance(metrics_, Metrics)
 
         async def serve_metrics() -> None:
-            await serve(metrics_, settings.metrics_host, settings.metrics_port, worker.ready)
+            await serve(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
             log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
 
         worker.app.task(serve_metrics)

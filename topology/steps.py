@@ -43,6 +43,7 @@ class InRecord:
     key: bytes | None
     value: bytes | None
     headers: Headers = ()
+    timestamp_ms: int | None = None
 
     @property
     def source(self) -> Source:
@@ -151,6 +152,7 @@ def route_artifacts(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
                 record.value,
                 record.source.headers(),
                 partition_for(key, topics.partitions),
+                record.timestamp_ms,
             )
         )
     return result
@@ -171,6 +173,7 @@ def route_task_results(topics: Topics, batch: Sequence[InRecord]) -> BatchResult
                 record.value,
                 record.source.headers(),
                 partition_for(key, topics.partitions),
+                record.timestamp_ms,
             )
         )
     return result
@@ -210,6 +213,7 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
                     value,
                     [*source.headers(), *via_headers(record.partition, record.offset)],
                     partition_for(target, topics.partitions),
+                    record.timestamp_ms,
                 )
             )
         if step.changed:

@@ -30,7 +30,7 @@ def key_of(line: bytes, key_field: str | None) -> bytes | None:
 async def produce(
     settings: Settings, topic: str, lines: Iterable[bytes], key_field: str | None
 ) -> int:
-    await wait_for_broker(settings.bootstrap_servers, timeout_s=15)
+    await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
     )
@@ -60,7 +60,7 @@ async def tail(
     meta: bool,
 ) -> int:
     """Print values (event JSON) one per line; with `meta`, wrap each with key/headers/offset."""
-    await wait_for_broker(settings.bootstrap_servers, timeout_s=15)
+    await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.bootstrap_servers,

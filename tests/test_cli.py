@@ -1,0 +1,117 @@
+"""The CLI's contract: one-line errors with exit codes, the effective config, offline processing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from topology import config
+from topology.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(
+    *args: str, stdin: bytes = b"", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "topology.cli", *args],
+        input=stdin,
+        capture_output=True,
+        cwd=ROOT,
+        env=env,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["config", "--partitions", "x"],
+            "prefect-events: error: --partitions: expected an integer, got 'x'",
+        ),
+        (["config", "--partitions", "0"], "prefect-events: error: partitions: 0 is out of range [1, 10000]"),
+        (
+            ["config", "--store", "redis://"],
+            "prefect-events: error: store: 'redis://' must be memory:// or rocksdb://",
+        ),
+        (
+            ["config", "--bootstrap-servers", "no-port"],
+            "prefect-events: error: bootstrap_servers: 'no-port' is not a HOST:PORT[,HOST:PORT] list",
+        ),
+        (
+            ["config", "--processing-guarantee", "maybe"],
+            "prefect-events: error: processing_guarantee: 'maybe' must be one of at_least_once, exactly_once",
+        ),
+        (
+            ["config", "--artifact-events-topic", "prefect.raw.artifacts"],
+            "prefect-events: error: topics: input, output and dead-letter topics must all be different",
+        ),
+        (
+            ["process", "--stream", "artifacts", "/no/such/file"],
+            "prefect-events: error: cannot read /no/such/file: No such file or directory",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.decode() == message + "\n"
+
+
+def test_unreachable_broker_is_one_line_and_exit_1() -> None:
+    result = cli("produce", "--topic", "t", "--bootstrap-servers", "127.0.0.1:1", "--broker-wait-s", "1", "-")
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s")
+
+
+def test_environment_is_read_and_flags_win() -> None:
+    env = {
+        "PREFECT_EVENTS_PARTITIONS": "8",
+        "KAFKA_BOOTSTRAP_SERVERS": "k1:9092,k2:9092",
+        "PREFECT_EVENTS_LOG_FORMAT": "json",
+        "PATH": "/usr/bin:/bin",
+    }
+    result = cli("config", "--partitions", "12", env=env)
+    assert result.returncode == 0, result.stderr
+    effective = json.loads(result.stdout)
+    assert effective["partitions"] == 12
+    assert effective["bootstrap_servers"] == "k1:9092,k2:9092"
+    assert effective["log_format"] == "json"
+    assert effective["store"] == "rocksdb://"  # production default
+
+
+def test_bad_environment_names_the_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^PREFECT_EVENTS_BATCH_SIZE: expected an integer, got 'lots'$"):
+        config.load(environ={"PREFECT_EVENTS_BATCH_SIZE": "lots"})
+
+
+def test_process_reads_stdin_and_reports_dead_letters_by_line() -> None:
+    good = (
+        b'{"op": "delete", "occurred": "2026-11-24T10:00:00Z", '
+        b'"artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11"}'
+    )
+    update = (
+        b'{"op": "update", "occurred": "2026-11-24T10:00:00.5+00:00", '
+        b'"artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11", "changes": {}}'
+    )
+    result = cli("process", "--stream", "artifacts", "-", stdin=b"\n".join([good, b"{oops", b"", update]))
+    assert result.returncode == 0
+    (dead,) = result.stderr.decode().splitlines()
+    assert json.loads(dead) == {
+        "line": 2,
+        "reason": "invalid_json: not UTF-8 JSON: unexpected character, expected a string key: "
+        "line 1 column 2 (char 1)",
+    }
+    (line,) = result.stdout.splitlines()
+    event = json.loads(line)
+    assert event["event"] == "prefect.artifact.updated"
+    assert event["occurred"] == "2026-11-24T10:00:00.500000Z"
+    assert event["payload"] == {}
