@@ -82,10 +82,14 @@ def start_worker(bootstrap_servers: str, tmp_path: Path) -> Iterator[StartWorker
     started: list[RunningWorker] = []
 
     def start(
-        partitions: int = 4, input_partitions: int = 4, guarantee: str = "at_least_once"
+        partitions: int = 4,
+        input_partitions: int = 4,
+        guarantee: str = "at_least_once",
+        **settings: str,
     ) -> RunningWorker:
         env = _env(bootstrap_servers, partitions, input_partitions)
         env["PREFECT_EVENTS_PROCESSING_GUARANTEE"] = guarantee
+        env.update({f"PREFECT_EVENTS_{name.upper()}": value for name, value in settings.items()})
         env["PREFECT_EVENTS_DATA_DIR"] = str(tmp_path / "data")
         log = tmp_path / f"worker-{len(started)}.log"
         # Topics exist before anything is produced, with the partitions the worker expects.
@@ -276,3 +280,83 @@ def test_exactly_once_where_the_broker_has_transactions(
     asyncio.run(produce(bootstrap_servers, s.artifacts_topic, inputs))
     records = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, len(expected)))
     compare(GOLDEN / "A7" / "expected.jsonl", [v for _, v, _ in records], tmp_path)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+def test_metrics_count_a_known_input(start_worker: StartWorker, bootstrap_servers: str) -> None:
+    port = _free_port()
+    worker = start_worker(1, 1, metrics_port=str(port), metrics_host="127.0.0.1")
+    s = worker.settings
+    inputs = (GOLDEN / "A1" / "input.jsonl").read_bytes().splitlines()
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [*inputs, b"[]"]))
+    asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 2))
+    asyncio.run(consume(bootstrap_servers, s.dead_letter_topic, 1))
+    deadline = time.monotonic() + 30
+    while True:
+        status, body = _get(f"http://127.0.0.1:{port}/metrics")
+        lines = set(body.splitlines())
+        if 'prefect_events_emitted_total{event="prefect.artifact.created"} 1.0' in lines:
+            break
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+    assert status == 200
+    for line in (
+        f'prefect_events_input_messages_total{{topic="{s.artifacts_topic}"}} 2.0',
+        'prefect_events_emitted_total{event="prefect.artifact-collection.created"} 1.0',
+        'prefect_events_dead_letters_total{reason="wrong_type"} 1.0',
+        f'prefect_events_consumer_lag{{partition="0",topic="{s.artifacts_topic}"}} 0.0',
+    ):
+        assert line in lines, line
+    assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
+
+
+def test_sigterm_finishes_commits_and_exits_cleanly(
+    start_worker: StartWorker, bootstrap_servers: str
+) -> None:
+    worker = start_worker(partitions=1, input_partitions=1)
+    s = worker.settings
+    raw = json.dumps(
+        {"op": "update", "occurred": "2026-11-24T10:00:00Z",
+         "artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11", "changes": {}}
+    ).encode()
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [raw] * 3))
+    assert len(asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 3))) == 3
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=60) == 0
+    log = worker.log.read_text()
+    assert "Traceback" not in log
+
+    async def committed() -> int | None:
+        from aiokafka import TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap_servers, group_id=s.app_id, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            offset: int | None = await consumer.committed(TopicPartition(s.artifacts_topic, 0))
+            return offset
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(committed()) == 3
