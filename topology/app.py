@@ -114,6 +114,7 @@ class Worker:
             broker_heartbeat_interval=min(1.0, settings.session_timeout_s / 3),
             broker_rebalance_timeout=max(10.0, settings.session_timeout_s),
             producer_linger=settings.producer_linger_ms / 1000,
+            producer_max_batch_size=settings.producer_max_batch_bytes,
             producer_acks=-1,
             web_enabled=False,
         )
@@ -134,12 +135,10 @@ class Worker:
         )
 
     def _table(self, name: str) -> Table:
+        # Faust derives store and changelog codecs from key_type/value_type (bytes → raw); a
+        # schema alone would leave them json, and recovered values would come back as dicts.
         return self.app.Table(
-            name,
-            partitions=self.settings.partitions,
-            schema=faust.Schema(
-                key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
-            ),
+            name, partitions=self.settings.partitions, key_type=bytes, value_type=bytes
         )
 
     def _wire(self) -> None:

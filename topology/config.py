@@ -60,6 +60,9 @@ class Settings:
         default=100, metadata={"help": "consumer fetch wait (Faust hard-codes 1500)"}
     )
     producer_linger_ms: int = 5
+    producer_max_batch_bytes: int = field(
+        default=16384, metadata={"help": "producer batch size; 1 = one record per batch (Tansu)"}
+    )
     commit_interval_s: float = 1.0
     session_timeout_s: float = field(
         default=10.0, metadata={"help": "consumer group session timeout (Kafka allows 6..1800)"}
@@ -149,6 +152,7 @@ def validate(s: Settings) -> None:
         ("batch_wait_ms", 0, 60_000),
         ("fetch_max_wait_ms", 0, 60_000),
         ("producer_linger_ms", 0, 60_000),
+        ("producer_max_batch_bytes", 1, 64 * 1024 * 1024),
         ("metrics_port", 0, 65_535),
     ):
         value = getattr(s, name)
