@@ -63,12 +63,16 @@ def run_worker(
         if on_ready is not None:
             on_ready(settings)
         worker = build(settings)
-        faust.Worker(
+        faust_worker = faust.Worker(
             worker.app,
             loglevel=settings.log_level.upper(),
             logging_config=logs.logging_config(settings),
             redirect_stdouts=False,
-        ).execute_from_commandline()
+        )
+        # At WARNING and above Faust adds a terminal spinner and lowers the root logger to DEBUG,
+        # so every library debug call builds a record (~7% of CPU measured): no spinner.
+        faust_worker.spinner = None
+        faust_worker.execute_from_commandline()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:

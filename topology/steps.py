@@ -179,132 +179,175 @@ def route_task_results(topics: Topics, batch: Sequence[InRecord]) -> BatchResult
     return result
 
 
+# --- the stateful steps ----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Applied:
+    """What one message did to its state record."""
+
+    state: Any  # the new domain state (None: no state)
+    changed: bool
+    events: Sequence[Event]
+    forward: Out | None = None
+    unknown_delete: bool = False
+
+
+@dataclass(slots=True)
+class _Record:
+    seen: replay.Seen
+    state: Any
+    partition: int
+    changed: bool = False
+
+
+def _apply_keyed(
+    topics: Topics,
+    batch: Sequence[InRecord],
+    load: Load,
+    *,
+    parse: Callable[[bytes], Any],
+    events_topic: str,
+    key_of: Callable[[InRecord, Any], bytes | None],
+    identity: Callable[[InRecord, Source], tuple[int, int]],
+    decode: Callable[[Any], Any],
+    encode: Callable[[Any], Any],
+    apply: Callable[[Any, bytes, InRecord, Any, bytes], Applied],
+) -> BatchResult:
+    """The loop every stateful step shares: event-time order, replay skip, one record per message,
+    domain objects kept decoded for the whole batch and encoded once per changed key."""
+    result = BatchResult()
+    records: dict[bytes, _Record] = {}
+    for record, parsed in in_event_time_order(batch, parse):
+        source = Source.from_headers(record.headers)
+        if isinstance(parsed, Invalid):
+            result.reject(topics.dead_letters, record, source, parsed)
+            continue
+        result.watermark_us = max(result.watermark_us, parsed.occurred_us)
+        key = key_of(record, parsed)
+        entry = None
+        if key is not None:
+            entry = records.get(key)
+            if entry is None:
+                stamped = Stamped.load(load(key, record.partition))
+                state = None if stamped.state is None else decode(stamped.state)
+                entry = records[key] = _Record(stamped.seen, state, record.partition)
+            seen_partition, seen_offset = identity(record, source)
+            if replay.is_replay(entry.seen, seen_partition, seen_offset):
+                result.replays_skipped += 1
+                continue
+        try:
+            applied = apply(
+                None if entry is None else entry.state, key or b"", record, parsed, _value(record)
+            )
+        except Invalid as why:
+            result.reject(topics.dead_letters, record, source, why)
+            continue
+        result.emit(events_topic, applied.events)
+        result.unknown_deletes += applied.unknown_delete
+        if applied.forward is not None:
+            result.outputs.append(applied.forward)
+        if applied.changed and entry is not None:
+            entry.state, entry.changed = applied.state, True
+            replay.mark(entry.seen, seen_partition, seen_offset)
+    for key, entry in records.items():
+        if entry.changed:
+            state = None if entry.state is None else encode(entry.state)
+            result.writes[key] = (entry.partition, Stamped(entry.seen, state).dump())
+    return result
+
+
+def _raw_identity(record: InRecord, source: Source) -> tuple[int, int]:
+    return source.partition, source.offset
+
+
+def _via_identity(record: InRecord, source: Source) -> tuple[int, int]:
+    return via_from_headers(record.headers)
+
+
 # --- step 1: artifact id → collection membership ----------------------------------------------
 
 
 def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
-    result = BatchResult()
-    records: dict[bytes, Stamped] = {}
-    for record, op in in_event_time_order(batch, parse_artifact_op):
-        source = Source.from_headers(record.headers)
-        if isinstance(op, Invalid):
-            result.reject(topics.dead_letters, record, source, op)
-            continue
-        value = _value(record)
-        key = _key(record)
-        stamped = records.get(key) or Stamped.load(load(key, record.partition))
-        if replay.is_replay(stamped.seen, source.partition, source.offset):
-            result.replays_skipped += 1
-            continue
-        current = None if stamped.state is None else Membership.from_json(stamped.state)
-        try:
-            step = membership.apply(current, op, value)
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, source, why)
-            continue
-        result.emit(topics.artifact_events, step.events)
-        result.unknown_deletes += step.unknown_delete
+    def apply(current: Membership | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
+        step = membership.apply(current, op, raw)
+        forward = None
         if step.forward_to is not None:
             target = step.forward_to.encode()
-            result.outputs.append(
-                Out(
-                    topics.artifacts_by_key,
-                    target,
-                    value,
-                    [*source.headers(), *via_headers(record.partition, record.offset)],
-                    partition_for(target, topics.partitions),
-                    record.timestamp_ms,
-                )
+            source = Source.from_headers(record.headers)
+            forward = Out(
+                topics.artifacts_by_key,
+                target,
+                raw,
+                [*source.headers(), *via_headers(record.partition, record.offset)],
+                partition_for(target, topics.partitions),
+                record.timestamp_ms,
             )
-        if step.changed:
-            assert step.membership is not None
-            stamped.state = step.membership.to_json()
-            replay.mark(stamped.seen, source.partition, source.offset)
-            records[key] = stamped
-            result.writes[key] = (record.partition, stamped.dump())
-    return result
+        return Applied(step.membership, step.changed, step.events, forward, step.unknown_delete)
+
+    return _apply_keyed(
+        topics,
+        batch,
+        load,
+        parse=parse_artifact_op,
+        events_topic=topics.artifact_events,
+        key_of=lambda record, op: _key(record),
+        identity=_raw_identity,
+        decode=Membership.from_json,
+        encode=Membership.to_json,
+        apply=apply,
+    )
 
 
 # --- step 2: collection key → latest artifact -------------------------------------------------
 
 
 def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
-    result = BatchResult()
-    records: dict[bytes, Stamped] = {}
-    for record, op in in_event_time_order(batch, parse_artifact_op):
-        source = Source.from_headers(record.headers)
-        if isinstance(op, Invalid):
-            result.reject(topics.dead_letters, record, source, op)
-            continue
-        via_partition, via_offset = via_from_headers(record.headers)
-        value = _value(record)
-        key = _key(record)
-        stamped = records.get(key) or Stamped.load(load(key, record.partition))
-        if replay.is_replay(stamped.seen, via_partition, via_offset):
-            result.replays_skipped += 1
-            continue
-        current = None if stamped.state is None else Collection.from_json(stamped.state)
-        try:
-            step = collection.apply(current, key.decode(), op, value)
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, source, why)
-            continue
-        result.emit(topics.artifact_events, step.events)
-        if step.changed:
-            stamped.state = None if step.collection is None else step.collection.to_json()
-            replay.mark(stamped.seen, via_partition, via_offset)
-            records[key] = stamped
-            result.writes[key] = (record.partition, stamped.dump())
-    return result
+    def apply(current: Collection | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
+        step = collection.apply(current, key.decode(), op, raw)
+        return Applied(step.collection, step.changed, step.events)
+
+    return _apply_keyed(
+        topics,
+        batch,
+        load,
+        parse=parse_artifact_op,
+        events_topic=topics.artifact_events,
+        key_of=lambda record, op: _key(record),
+        identity=_via_identity,
+        decode=Collection.from_json,
+        encode=Collection.to_json,
+        apply=apply,
+    )
 
 
 # --- assets: flow run → lineage ---------------------------------------------------------------
 
 
-def apply_lineage(
-    topics: Topics, batch: Sequence[InRecord], load: Load, retention_us: int
-) -> BatchResult:
-    result = BatchResult()
-    records: dict[bytes, Stamped] = {}
-    for record, task_result in in_event_time_order(batch, parse_task_result):
-        source = Source.from_headers(record.headers)
-        if isinstance(task_result, Invalid):
-            result.reject(topics.dead_letters, record, source, task_result)
-            continue
-        result.watermark_us = max(result.watermark_us, task_result.occurred_us)
-        value = _value(record)
-        if task_result.flow_run_id is None:
-            try:
-                step = lineage.apply(None, task_result, value, retention_us)
-            except Invalid as why:
-                result.reject(topics.dead_letters, record, source, why)
-                continue
-            result.emit(topics.asset_events, step.events)
-            continue
-        key = task_result.flow_run_id.encode()
-        stamped = records.get(key) or Stamped.load(load(key, record.partition))
-        if replay.is_replay(stamped.seen, source.partition, source.offset):
-            result.replays_skipped += 1
-            continue
-        current = None if stamped.state is None else FlowRunLineage.from_json(stamped.state)
-        try:
-            step = lineage.apply(current, task_result, value, retention_us)
-        except Invalid as why:
-            result.reject(topics.dead_letters, record, source, why)
-            continue
-        result.emit(topics.asset_events, step.events)
-        if step.changed:
-            assert step.lineage is not None
-            stamped.state = step.lineage.to_json()
-            replay.mark(stamped.seen, source.partition, source.offset)
-            records[key] = stamped
-            result.writes[key] = (record.partition, stamped.dump())
-    return result
+def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retention_us: int) -> BatchResult:
+    """Task runs without a flow run are stateless: they inherit nothing and pass nothing on."""
+
+    def apply(
+        current: FlowRunLineage | None, key: bytes, record: InRecord, result: Any, raw: bytes
+    ) -> Applied:
+        step = lineage.apply(current, result, raw, retention_us)
+        return Applied(step.lineage, step.changed, step.events)
+
+    return _apply_keyed(
+        topics,
+        batch,
+        load,
+        parse=parse_task_result,
+        events_topic=topics.asset_events,
+        key_of=lambda record, result: None if result.flow_run_id is None else result.flow_run_id.encode(),
+        identity=_raw_identity,
+        decode=FlowRunLineage.from_json,
+        encode=FlowRunLineage.to_json,
+        apply=apply,
+    )
 
 
-def expired_flow_runs(
-    items: Callable[[], Any], watermark_us: int, retention_us: int
-) -> list[bytes]:
+def expired_flow_runs(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
     """Keys of flow runs silent for longer than the retention, as of the event-time watermark."""
     expired = []
     for key, raw in items():
