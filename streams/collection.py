@@ -72,18 +72,14 @@ def _create(current: Collection | None, key: str, op: ArtifactCreate, content: b
     new = artifacts.version_of(op)
     if current is None:
         coll = Collection(collection_id(key, new.id), new.id, {new.id: new})
-        event = artifacts.collection_event(
-            COLLECTION_CREATED, op.occurred_us, key, coll.id, new, content
-        )
+        event = artifacts.collection_event(COLLECTION_CREATED, op.occurred_us, key, coll.id, new, content)
         return CollectionStep(coll, True, [event, artifacts.created_event(op, content)])
     if new.id in current.members:  # a producer retry: its own event again, state as it is
         return CollectionStep(current, False, [artifacts.created_event(op, content)])
     members = {**current.members, new.id: new}
     if new.rank > current.members[current.latest].rank:
         coll = Collection(current.id, new.id, members)
-        event = artifacts.collection_event(
-            COLLECTION_UPDATED, op.occurred_us, key, coll.id, new, content
-        )
+        event = artifacts.collection_event(COLLECTION_UPDATED, op.occurred_us, key, coll.id, new, content)
         return CollectionStep(coll, True, [event, artifacts.created_event(op, content)])
     coll = Collection(current.id, current.latest, members)
     return CollectionStep(coll, True, [artifacts.created_event(op, content)])
@@ -103,9 +99,7 @@ def _update(current: Collection | None, op: ArtifactUpdate) -> CollectionStep:
         old.flow_run_id,
         old.task_run_id,
     )
-    return CollectionStep(
-        Collection(current.id, current.latest, {**current.members, old.id: patched}), True
-    )
+    return CollectionStep(Collection(current.id, current.latest, {**current.members, old.id: patched}), True)
 
 
 def _delete(current: Collection | None, key: str, op: ArtifactDelete, content: bytes) -> CollectionStep:
@@ -116,12 +110,8 @@ def _delete(current: Collection | None, key: str, op: ArtifactDelete, content: b
         return CollectionStep(Collection(current.id, current.latest, members), True)
     if not members:
         gone = current.members[op.artifact_id]
-        event = artifacts.collection_event(
-            COLLECTION_DELETED, op.occurred_us, key, current.id, gone, content
-        )
+        event = artifacts.collection_event(COLLECTION_DELETED, op.occurred_us, key, current.id, gone, content)
         return CollectionStep(None, True, [event])
     latest = max(members.values(), key=lambda v: v.rank)
-    event = artifacts.collection_event(
-        COLLECTION_UPDATED, op.occurred_us, key, current.id, latest, content
-    )
+    event = artifacts.collection_event(COLLECTION_UPDATED, op.occurred_us, key, current.id, latest, content)
     return CollectionStep(Collection(current.id, latest.id, members), True, [event])

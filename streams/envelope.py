@@ -86,12 +86,8 @@ def build(
     dropped = max(0, len(related) - MAX_RELATED)
     if dropped:
         related = related[:MAX_RELATED]
-    if len(resource) > MAX_LABELS_PER_RESOURCE or any(
-        len(r) > MAX_LABELS_PER_RESOURCE for r in related
-    ):
-        raise Invalid(
-            "too_many_labels", f"{name} for {resource_id[:200]}: a resource has over 500 labels"
-        )
+    if len(resource) > MAX_LABELS_PER_RESOURCE or any(len(r) > MAX_LABELS_PER_RESOURCE for r in related):
+        raise Invalid("too_many_labels", f"{name} for {resource_id[:200]}: a resource has over 500 labels")
     try:
         value = orjson.dumps(
             {

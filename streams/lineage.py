@@ -33,10 +33,7 @@ class FlowRunLineage:
     def from_json(cls, value: dict[str, Any]) -> FlowRunLineage:
         return cls(
             {
-                tr: tuple(
-                    Asset(item[0], tuple(item[1].items()) if len(item) > 1 else ())
-                    for item in items
-                )
+                tr: tuple(Asset(item[0], tuple(item[1].items()) if len(item) > 1 else ()) for item in items)
                 for tr, items in value["passes_on"].items()
             },
             value["last_seen_us"],

@@ -83,6 +83,10 @@ def _check_collection_event_fits(op: ArtifactCreate, content: bytes) -> None:
         return
     artifacts.created_event(op, content)
     artifacts.collection_event(
-        COLLECTION_CREATED, op.occurred_us, op.artifact.key or "", _ANY_ID,
-        artifacts.version_of(op), content,
+        COLLECTION_CREATED,
+        op.occurred_us,
+        op.artifact.key or "",
+        _ANY_ID,
+        artifacts.version_of(op),
+        content,
     )

@@ -194,8 +194,7 @@ def parse_task_result(raw: bytes) -> TaskResult:
         for i, item in enumerate(_list(msg, "downstream_assets", ""))
     )
     upstream = tuple(
-        _asset(item, f"upstream_assets[{i}]")
-        for i, item in enumerate(_list(msg, "upstream_assets", ""))
+        _asset(item, f"upstream_assets[{i}]") for i, item in enumerate(_list(msg, "upstream_assets", ""))
     )
     upstream_ids = tuple(
         _canonical_uuid(item, f"upstream_task_run_ids[{i}]")
@@ -246,9 +245,7 @@ def _context(msg: Mapping[str, Json]) -> RunContext:
             parts[part] = None
             continue
         if not isinstance(value, dict):
-            raise Invalid(
-                "wrong_type", f"context.{part} must be an object or null, got {type_name(value)}"
-            )
+            raise Invalid("wrong_type", f"context.{part} must be an object or null, got {type_name(value)}")
         where = f"context.{part}."
         parts[part] = Named(_uuid(value, "id", where), _str(value, "name", where))
     tags = ctx.get("tags")
@@ -276,9 +273,7 @@ def _asset(item: Json, where: str) -> Asset:
     if props is None:
         return Asset(key)
     if not isinstance(props, dict):
-        raise Invalid(
-            "wrong_type", f"{where}.properties must be an object or null, got {type_name(props)}"
-        )
+        raise Invalid("wrong_type", f"{where}.properties must be an object or null, got {type_name(props)}")
     labels: list[tuple[str, str]] = []
     for prop, label in _PROPERTY_LABELS:
         value = props.get(prop)

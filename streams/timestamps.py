@@ -25,24 +25,18 @@ def parse(value: object, where: str) -> int:
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
-        raise Invalid(
-            "invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}"
-        ) from None
+        raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     micros = (parsed - _EPOCH) // _US
     if not 0 <= micros <= _MAX_US:
-        raise Invalid(
-            "invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}"
-        )
+        raise Invalid("invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}")
     return micros
 
 
 def render(micros: int) -> str:
     """Microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
-    return (datetime(1970, 1, 1) + timedelta(microseconds=micros)).isoformat(
-        timespec="microseconds"
-    ) + "Z"
+    return (datetime(1970, 1, 1) + timedelta(microseconds=micros)).isoformat(timespec="microseconds") + "Z"
 
 
 def type_name(value: object) -> str:

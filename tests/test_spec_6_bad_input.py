@@ -184,10 +184,10 @@ def _check_dead_letter(out, record, code):
 @pytest.mark.parametrize(
     "bad, code", [(b, c) for _, b, c in BAD_ARTIFACTS[:7]], ids=[i for i, _, _ in BAD_ARTIFACTS[:7]]
 )
-def test_route_artifacts_dead_letters_the_original_bytes(bad, code):
+def test_routing_artifacts_dead_letters_the_original_bytes(bad, code):
     good = h.encode(h.create(V1))
     batch = _raw(RAW_ARTIFACTS, [good, h.encode(bad), good])
-    result = steps.route_artifacts(TOPICS, batch)
+    result = _route_artifacts(batch)
     dead = [o for o in result.outputs if o.topic == TOPICS.dead_letters]
     assert len(dead) == 1
     _check_dead_letter(dead[0], batch[1], code)
@@ -198,9 +198,9 @@ def test_route_artifacts_dead_letters_the_original_bytes(bad, code):
     assert dict(forwarded[0].headers)["prefect-source-offset"] == b"100"
 
 
-def test_route_artifacts_dead_letters_a_tombstone():
+def test_routing_artifacts_dead_letters_a_tombstone():
     batch = [InRecord(RAW_ARTIFACTS, 3, 9, b"k", None)]
-    result = steps.route_artifacts(TOPICS, batch)
+    result = _route_artifacts(batch)
     [out] = result.outputs
     assert out.topic == TOPICS.dead_letters and out.value is None
     assert dict(out.headers)["prefect-source-partition"] == b"3"
@@ -209,10 +209,10 @@ def test_route_artifacts_dead_letters_a_tombstone():
 @pytest.mark.parametrize(
     "bad, code", [(b, c) for _, b, c in BAD_RESULTS[:5]], ids=[i for i, _, _ in BAD_RESULTS[:5]]
 )
-def test_route_task_results_dead_letters_the_original_bytes(bad, code):
+def test_routing_task_results_dead_letters_the_original_bytes(bad, code):
     good = h.encode(h.task_result(A))
     batch = _raw(RAW_RESULTS, [h.encode(bad), good])
-    result = steps.route_task_results(TOPICS, batch)
+    result = _route_task_results(batch)
     [dead] = [o for o in result.outputs if o.topic == TOPICS.dead_letters]
     _check_dead_letter(dead, batch[0], code)
     [fwd] = [o for o in result.outputs if o.topic == TOPICS.task_results_by_flow_run]
@@ -224,7 +224,7 @@ def test_oversized_collection_event_is_refused_before_membership_state_changes()
     artifact's key, refuses a create whose collection event (one hop later) would be too large."""
     grows = _grows()
     assert len(grows) < 500_000
-    routed = steps.route_artifacts(TOPICS, _raw(RAW_ARTIFACTS, [grows]))
+    routed = _route_artifacts(_raw(RAW_ARTIFACTS, [grows]))
     by_id = _forwarded(routed.outputs, TOPICS.artifacts_by_id)
     result = steps.apply_memberships(TOPICS, by_id, Table().load)
     assert result.writes == {}
@@ -246,6 +246,15 @@ ARTIFACT_OPS = [
     h.delete(V3, at=6),
     h.delete(h.uid(0x99), at=7),
 ]
+
+
+def _route_artifacts(batch):
+    """Raw records outside their artifact id's partition: the memberships step re-keys them."""
+    return steps.apply_memberships(TOPICS, batch, lambda key, partition: None)
+
+
+def _route_task_results(batch):
+    return steps.apply_lineage(TOPICS, batch, lambda key, partition: None, 7 * 86_400_000_000)
 
 
 def _replay_twice(run, batch, applied):
@@ -270,7 +279,7 @@ def _lineage(batch, table):
 
 
 def _by_id(messages):
-    routed = steps.route_artifacts(TOPICS, _raw(RAW_ARTIFACTS, [h.encode(m) for m in messages]))
+    routed = _route_artifacts(_raw(RAW_ARTIFACTS, [h.encode(m) for m in messages]))
     return _forwarded(routed.outputs, TOPICS.artifacts_by_id)
 
 
@@ -280,7 +289,7 @@ def _by_key(messages):
 
 
 def _by_flow_run(messages):
-    routed = steps.route_task_results(TOPICS, _raw(RAW_RESULTS, [h.encode(m) for m in messages]))
+    routed = _route_task_results(_raw(RAW_RESULTS, [h.encode(m) for m in messages]))
     return _forwarded(routed.outputs, TOPICS.task_results_by_flow_run)
 
 

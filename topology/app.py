@@ -1,8 +1,8 @@
 """The Faust wiring: app, topics, tables and agents. Thin on purpose; the logic is in `steps`.
 
-    raw artifacts ──route──▶ artifacts-by-id ──memberships──▶ artifacts-by-key ──collections──▶ events
-    raw task results ──route──▶ task-results-by-flow-run ──lineage──▶ events
-    (every step) ──▶ dead letters
+raw artifacts ──route──▶ artifacts-by-id ──memberships──▶ artifacts-by-key ──collections──▶ events
+raw task results ──route──▶ task-results-by-flow-run ──lineage──▶ events
+(every step) ──▶ dead letters
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +55,9 @@ class TopicNames:
             artifacts_by_key=f"{s.app_id}-artifacts-by-collection-key",
             task_results_by_flow_run=f"{s.app_id}-task-results-by-flow-run",
             partitions=s.partitions,
+            raw_artifacts=s.artifacts_topic,
+            raw_task_results=s.task_results_topic,
+            raw_partitions=s.input_partitions,
         )
 
     def specs(self) -> list[TopicSpec]:
@@ -123,67 +128,43 @@ class Worker:
 
     # --- wiring ---------------------------------------------------------------------------------
 
-    def _topic(self, name: str, partitions: int, internal: bool = False) -> faust.TopicT:
+    def _channel(self, *names: str) -> faust.TopicT:
+        """Raw bytes in (no Faust decoding: a bad message must become a dead letter, not a crash).
+        Every topic exists already, created by runner.prepare with its partition count."""
         return self.app.topic(
-            name,
-            partitions=partitions,
-            key_type=bytes,
-            value_type=bytes,
-            key_serializer="raw",
-            value_serializer="raw",
-            internal=internal,
+            *names, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
         )
 
     def _table(self, name: str) -> Table:
         # Faust derives store and changelog codecs from key_type/value_type (bytes → raw); a
         # schema alone would leave them json, and recovered values would come back as dicts.
-        return self.app.Table(
-            name, partitions=self.settings.partitions, key_type=bytes, value_type=bytes
-        )
+        return self.app.Table(name, partitions=self.settings.partitions, key_type=bytes, value_type=bytes)
 
     def _wire(self) -> None:
         s, t = self.settings, self.topics
-        n = s.partitions
-        raw_artifacts = self._topic(s.artifacts_topic, s.input_partitions)
-        raw_results = self._topic(s.task_results_topic, s.input_partitions)
-        by_id = self._topic(t.artifacts_by_id, n, internal=True)
-        by_key = self._topic(t.artifacts_by_key, n, internal=True)
-        by_flow_run = self._topic(t.task_results_by_flow_run, n, internal=True)
-        for name in (t.artifact_events, t.asset_events, t.dead_letters):
-            self._topic(name, n)
         self.memberships = self._table("artifact-memberships")
         self.collections = self._table("artifact-collections")
         self.lineage = self._table("flow-run-lineage")
-
         retention = s.lineage_retention_us
-        self._agent("route-artifacts", raw_artifacts, lambda b: steps.route_artifacts(t, b))
-        self._agent("route-task-results", raw_results, lambda b: steps.route_task_results(t, b))
-        self._stateful("memberships", by_id, self.memberships, steps.apply_memberships)
-        self._stateful("collections", by_key, self.collections, steps.apply_collections)
+        # The stateful steps read the raw topics themselves: records the producer keyed the
+        # advised way are applied where they are, the others re-keyed onto the internal topic.
+        self._stateful(
+            "memberships",
+            self._channel(t.raw_artifacts, t.artifacts_by_id),
+            self.memberships,
+            steps.apply_memberships,
+        )
+        self._stateful(
+            "collections", self._channel(t.artifacts_by_key), self.collections, steps.apply_collections
+        )
         self._stateful(
             "lineage",
-            by_flow_run,
+            self._channel(t.raw_task_results, t.task_results_by_flow_run),
             self.lineage,
             lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention),
         )
         self.app.timer(interval=60.0, name="lineage-retention")(self.sweep_lineage)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
-
-    def _agent(
-        self, name: str, topic: faust.TopicT, process: Callable[[list[InRecord]], BatchResult]
-    ) -> None:
-        async def agent(stream: Stream) -> None:
-            async for events in stream.take_events(
-                self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
-            ):
-                started = time.perf_counter()
-                batch = [_record(e) for e in events]
-                self.metrics.input(topic.get_topic_name(), len(batch))
-                result = process(batch)
-                await self._publish(result.outputs)
-                self._report(result, started, batch)
-
-        self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
     def _stateful(
         self,
@@ -192,32 +173,55 @@ class Worker:
         table: Table,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
     ) -> None:
+        co_partitioned = self.settings.input_partitions == self.settings.partitions
+
         async def agent(stream: Stream) -> None:
             async for events in stream.take_events(
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
-                started = time.perf_counter()
-                by_partition = {e.message.partition: e for e in events}
-
-                def load(
-                    key: bytes, partition: int, by_partition: dict[int, Any] = by_partition
-                ) -> bytes | None:
-                    with acting_as(by_partition[partition]):
-                        value: bytes | None = table.get(key)
-                        return value
-
-                batch = [_record(e) for e in events]
-                self.metrics.input(topic.get_topic_name(), len(batch))
-                result = process(self.topics, batch, load)
-                self.lineage_watermark_us = max(self.lineage_watermark_us, result.watermark_us)
-                # Outputs first, acknowledged; state after (streams.replay explains why).
-                await self._publish(result.outputs)
-                for key, (partition, value) in result.writes.items():
-                    with acting_as(by_partition[partition]):
-                        table[key] = value
-                self._report(result, started, batch)
+                try:
+                    await self._process(events, table, process, co_partitioned)
+                except Exception:
+                    # Faust acks a taken batch when the loop moves on, even after an error, and
+                    # would commit it: never let an unprocessed batch be committed. Exit instead;
+                    # the restarted worker replays it from the last commit (crash-only).
+                    log.critical("%s: batch failed, exiting so that it is replayed", name, exc_info=True)
+                    logging.shutdown()
+                    os._exit(70)
 
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
+
+    async def _process(
+        self,
+        events: Sequence[Any],
+        table: Table,
+        process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
+        co_partitioned: bool,
+    ) -> None:
+        started = time.perf_counter()
+        # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
+        by_partition = {
+            e.message.partition: e
+            for e in events
+            if co_partitioned or not self.topics.is_raw(e.message.topic)
+        }
+
+        def load(key: bytes, partition: int) -> bytes | None:
+            with acting_as(by_partition[partition]):
+                value: bytes | None = table.get(key)
+                return value
+
+        batch = [_record(e) for e in events]
+        for topic, count in Counter(r.topic for r in batch).items():
+            self.metrics.input(topic, count)
+        result = process(self.topics, batch, load)
+        self.lineage_watermark_us = max(self.lineage_watermark_us, result.watermark_us)
+        # Outputs first, acknowledged; state after (streams.replay explains why).
+        await self._publish(result.outputs)
+        for key, (partition, value) in result.writes.items():
+            with acting_as(by_partition[partition]):
+                table[key] = value
+        self._report(result, started, batch)
 
     def ready(self) -> bool:
         """Assigned partitions and recovered tables: safe to route traffic and roll on."""
@@ -264,7 +268,10 @@ class Worker:
             m.dead_letter(why.code)
             log.warning(
                 "dead letter %s[%d]@%d: %s",
-                source.topic, source.partition, source.offset, why,
+                source.topic,
+                source.partition,
+                source.offset,
+                why,
             )
         if result.unknown_deletes:
             m.unknown_delete(result.unknown_deletes)
@@ -310,6 +317,4 @@ def table_keys(table: Any) -> int:
 def _record(event: Any) -> InRecord:
     m = event.message
     timestamp_ms = None if m.timestamp is None else int(m.timestamp * 1000)
-    return InRecord(
-        m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), timestamp_ms
-    )
+    return InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), timestamp_ms)

@@ -51,9 +51,7 @@ def _settings_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     settings = _settings_parser()
-    parser = argparse.ArgumentParser(
-        prog=PROG, description="Prefect artifact and asset events from Kafka."
-    )
+    parser = argparse.ArgumentParser(prog=PROG, description="Prefect artifact and asset events from Kafka.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", parents=[settings], help="run the stream processor")
@@ -72,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topic", required=True)
     p.add_argument(
         "--key-field",
-        help="dotted path of the record key in each JSON line (e.g. artifact.id); default: no key",
+        help="dotted path(s) of the record key in each JSON line, first present wins "
+        "(e.g. artifact.id,artifact_id); default: no key",
     )
     p.add_argument("file", help="one message per line, or - for stdin")
 
@@ -125,8 +124,7 @@ def cmd_process(args: argparse.Namespace) -> int:
             outcome: Outcome = pipeline.process(raw)
             if outcome.dead_letter is not None:
                 sys.stderr.write(
-                    orjson.dumps({"line": number, "reason": str(outcome.dead_letter)}).decode()
-                    + "\n"
+                    orjson.dumps({"line": number, "reason": str(outcome.dead_letter)}).decode() + "\n"
                 )
             for event in outcome.events:
                 out.write(event.value + b"\n")

@@ -29,9 +29,7 @@ _STORE = re.compile(r"^(memory|rocksdb)://")
 class Settings:
     """Effective configuration of a worker (or a CLI command that talks to Kafka)."""
 
-    bootstrap_servers: str = field(
-        default="localhost:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"}
-    )
+    bootstrap_servers: str = field(default="localhost:9092", metadata={"env": "KAFKA_BOOTSTRAP_SERVERS"})
     app_id: str = field(
         default="prefect-events", metadata={"help": "consumer group and internal topic prefix"}
     )
@@ -132,17 +130,20 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if not _TOPIC.match(value):
             raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
-    topics = [s.artifacts_topic, s.task_results_topic, s.artifact_events_topic,
-              s.asset_events_topic, s.dead_letter_topic]
+    topics = [
+        s.artifacts_topic,
+        s.task_results_topic,
+        s.artifact_events_topic,
+        s.asset_events_topic,
+        s.dead_letter_topic,
+    ]
     if len(set(topics)) != len(topics):
         raise ConfigError("topics: input, output and dead-letter topics must all be different")
     if not s.bootstrap_servers.strip() or any(
         not re.match(r"^[^\s:,]+:\d{1,5}$", part.strip().removeprefix("kafka://"))
         for part in s.bootstrap_servers.split(",")
     ):
-        raise ConfigError(
-            f"bootstrap_servers: {s.bootstrap_servers!r} is not a HOST:PORT[,HOST:PORT] list"
-        )
+        raise ConfigError(f"bootstrap_servers: {s.bootstrap_servers!r} is not a HOST:PORT[,HOST:PORT] list")
     for name, low, high in (
         ("input_partitions", 1, 10_000),
         ("partitions", 1, 10_000),

@@ -22,7 +22,9 @@ from streams.pipeline import ArtifactPipeline, AssetPipeline
 from topology.config import Settings
 from topology.embedded_broker import EmbeddedBroker
 from topology.runner import prepare
-from topology.tools import key_of, produce
+from topology.tools import produce
+
+ARTIFACT_KEY = "artifact.id,artifact_id"  # creates carry the id inside, updates/deletes beside
 
 
 def _feed(name: str) -> list[bytes]:
@@ -42,29 +44,40 @@ def run_demo(settings: Settings, seconds: float) -> int:
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         broker = EmbeddedBroker().start()
         settings = dataclasses.replace(
-            settings, bootstrap_servers=broker.bootstrap_servers, store="memory://",
+            settings,
+            bootstrap_servers=broker.bootstrap_servers,
+            store="memory://",
             fetch_max_wait_ms=10,
         )
         print(f"embedded broker (Tansu) at {settings.bootstrap_servers}", file=sys.stderr)
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        **{f"PREFECT_EVENTS_{k.upper()}": str(v) for k, v in settings.as_dict().items()
-           if k != "bootstrap_servers"},
+        **{
+            f"PREFECT_EVENTS_{k.upper()}": str(v)
+            for k, v in settings.as_dict().items()
+            if k != "bootstrap_servers"
+        },
     }
     worker = None
     try:
         asyncio.run(prepare(settings))
         worker = subprocess.Popen(
             [sys.executable, "-m", "topology.cli", "worker"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
-        asyncio.run(produce(settings, settings.artifacts_topic, artifacts, "artifact.id"))
-        asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id"))
+        # A live feed, one operation every 100 ms, keyed the advised way (artifact id, flow run).
+        asyncio.run(produce(settings, settings.artifacts_topic, artifacts, ARTIFACT_KEY, 0.1))
+        asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id", 0.1))
         want = _expected(settings, artifacts, results)
-        print(f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
-              f"waiting for {want} events and dead letters...", file=sys.stderr)
+        print(
+            f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
+            f"waiting for {want} events and dead letters...",
+            file=sys.stderr,
+        )
         seen = asyncio.run(_print_events(settings, want, seconds))
         print(f"{seen} of {want} records seen", file=sys.stderr)
         return 0 if seen >= want else 1
@@ -80,11 +93,14 @@ def run_demo(settings: Settings, seconds: float) -> int:
 
 
 async def _print_events(settings: Settings, want: int, seconds: float) -> int:
-    topics = [settings.artifact_events_topic, settings.asset_events_topic,
-              settings.dead_letter_topic]
+    topics = [settings.artifact_events_topic, settings.asset_events_topic, settings.dead_letter_topic]
     consumer = AIOKafkaConsumer(
-        *topics, bootstrap_servers=settings.bootstrap_servers, group_id=None,
-        auto_offset_reset="earliest", enable_auto_commit=False, fetch_max_wait_ms=100,
+        *topics,
+        bootstrap_servers=settings.bootstrap_servers,
+        group_id=None,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=100,
     )
     await consumer.start()
     seen, deadline = 0, time.monotonic() + seconds
@@ -98,11 +114,13 @@ async def _print_events(settings: Settings, want: int, seconds: float) -> int:
                         print(f"DEAD LETTER  {reason}")
                         continue
                     event = orjson.loads(r.value)
-                    print(f"{event['occurred']}  {event['event']:<42} "
-                          f"{event['resource']['prefect.resource.id']}")
+                    print(
+                        f"{event['occurred']}  {event['event']:<42} "
+                        f"{event['resource']['prefect.resource.id']}"
+                    )
     finally:
         await consumer.stop()
     return seen
 
 
-__all__ = ["key_of", "run_demo"]
+__all__ = ["run_demo"]

@@ -6,16 +6,17 @@ came from (for dead letters and replay detection) and which internal record carr
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from aiokafka.partitioner import murmur2
 
 from streams.errors import Invalid
 
 SOURCE_TOPIC = "prefect-source-topic"
 SOURCE_PARTITION = "prefect-source-partition"
 SOURCE_OFFSET = "prefect-source-offset"
-VIA_PARTITION = "prefect-via-partition"
+VIA_LANE = "prefect-via-lane"
 VIA_OFFSET = "prefect-via-offset"
 REASON = "prefect-dead-letter-reason"
 REASON_CODE = "prefect-dead-letter-code"
@@ -41,9 +42,7 @@ class Source:
     @classmethod
     def from_headers(cls, headers: Headers) -> Source:
         h = dict(headers)
-        return cls(
-            h[SOURCE_TOPIC].decode(), int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET])
-        )
+        return cls(h[SOURCE_TOPIC].decode(), int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,23 +58,33 @@ class Out:
 
 
 def partition_for(key: bytes, partitions: int) -> int:
-    """Internal topics are partitioned by our own stable hash, so any step can tell where a key
-    lives (the lineage sweep needs it) without trusting how a producer keyed its records."""
-    return zlib.crc32(key) % partitions
+    """Where a key lives: Kafka's default partitioner (murmur2), computed by us, never trusted
+    from the producer. A producer that keys raw records the advised way (artifact id, flow run id)
+    with the default partitioner puts them exactly here, so they need no repartitioning hop."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-def via_headers(partition: int, offset: int) -> list[tuple[str, bytes]]:
-    return [(VIA_PARTITION, str(partition).encode()), (VIA_OFFSET, str(offset).encode())]
+def raw_lane(partition: int) -> str:
+    """Replay lane of a raw input partition."""
+    return f"r{partition}"
 
 
-def via_from_headers(headers: Headers) -> tuple[int, int]:
+def internal_lane(partition: int) -> str:
+    """Replay lane of an internal topic's partition."""
+    return f"i{partition}"
+
+
+def via_headers(lane: str, offset: int) -> list[tuple[str, bytes]]:
+    """Which record carried an operation on to the next step: its replay identity there."""
+    return [(VIA_LANE, lane.encode()), (VIA_OFFSET, str(offset).encode())]
+
+
+def via_from_headers(headers: Headers) -> tuple[str, int]:
     h = dict(headers)
-    return int(h[VIA_PARTITION]), int(h[VIA_OFFSET])
+    return h[VIA_LANE].decode(), int(h[VIA_OFFSET])
 
 
-def dead_letter(
-    topic: str, key: bytes | None, value: bytes | None, source: Source, why: Invalid
-) -> Out:
+def dead_letter(topic: str, key: bytes | None, value: bytes | None, source: Source, why: Invalid) -> Out:
     """The original bytes unchanged, with where they came from and why they could not be used."""
     return Out(
         topic,

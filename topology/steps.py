@@ -27,7 +27,9 @@ from topology.records import (
     Out,
     Source,
     dead_letter,
+    internal_lane,
     partition_for,
+    raw_lane,
     via_from_headers,
     via_headers,
 )
@@ -58,15 +60,14 @@ class Stamped:
     state: Any  # the state's JSON form; None = no state
 
     def dump(self) -> bytes:
-        seen = {str(p): o for p, o in self.seen.items()}
-        return orjson.dumps({"seen": seen, "state": self.state})
+        return orjson.dumps({"seen": self.seen, "state": self.state})
 
     @classmethod
     def load(cls, raw: bytes | None) -> Stamped:
         if raw is None:
             return cls({}, None)
         value = orjson.loads(raw)
-        return cls({int(p): o for p, o in value["seen"].items()}, value["state"])
+        return cls(value["seen"], value["state"])
 
 
 @dataclass(slots=True)
@@ -106,6 +107,18 @@ class Topics:
     artifacts_by_key: str
     task_results_by_flow_run: str
     partitions: int
+    raw_artifacts: str = "prefect.raw.artifacts"
+    raw_task_results: str = "prefect.raw.asset-task-results"
+    raw_partitions: int = 0
+
+    def is_raw(self, topic: str) -> bool:
+        return topic in (self.raw_artifacts, self.raw_task_results)
+
+    def local(self, record: InRecord, key: bytes) -> bool:
+        """Whether a raw record already sits in the partition that owns its key's state."""
+        return self.raw_partitions == self.partitions and record.partition == partition_for(
+            key, self.partitions
+        )
 
 
 def in_event_time_order(
@@ -134,49 +147,23 @@ def in_event_time_order(
         yield record, parsed
 
 
-# --- step 0: route raw input to the partition that owns its state -----------------------------
+# --- routing: raw input to the partition that owns its state ---------------------------------
 
 
-def route_artifacts(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
-    """Validate, then re-key by artifact id (the producer's key is advice, never trusted)."""
-    result = BatchResult()
-    for record, op in in_event_time_order(batch, parse_artifact_op):
-        if isinstance(op, Invalid):
-            result.reject(topics.dead_letters, record, record.source, op)
-            continue
-        key = op.artifact_id.encode()
-        result.outputs.append(
-            Out(
-                topics.artifacts_by_id,
-                key,
-                record.value,
-                record.source.headers(),
-                partition_for(key, topics.partitions),
-                record.timestamp_ms,
-            )
-        )
-    return result
+def _route(topic: str, key: bytes, record: InRecord, topics: Topics) -> Out:
+    """A raw record re-keyed onto the internal topic whose partition owns `key`."""
+    return Out(
+        topic,
+        key,
+        record.value,
+        record.source.headers(),
+        partition_for(key, topics.partitions),
+        record.timestamp_ms,
+    )
 
 
-def route_task_results(topics: Topics, batch: Sequence[InRecord]) -> BatchResult:
-    """Validate, then re-key by flow run (task runs without one: by task run, stateless)."""
-    result = BatchResult()
-    for record, task_result in in_event_time_order(batch, parse_task_result):
-        if isinstance(task_result, Invalid):
-            result.reject(topics.dead_letters, record, record.source, task_result)
-            continue
-        key = (task_result.flow_run_id or task_result.task_run_id).encode()
-        result.outputs.append(
-            Out(
-                topics.task_results_by_flow_run,
-                key,
-                record.value,
-                record.source.headers(),
-                partition_for(key, topics.partitions),
-                record.timestamp_ms,
-            )
-        )
-    return result
+def _flow_run_key(result: Any) -> bytes:
+    return str(result.flow_run_id or result.task_run_id).encode()
 
 
 # --- the stateful steps ----------------------------------------------------------------------
@@ -209,20 +196,27 @@ def _apply_keyed(
     parse: Callable[[bytes], Any],
     events_topic: str,
     key_of: Callable[[InRecord, Any], bytes | None],
-    identity: Callable[[InRecord, Source], tuple[int, int]],
+    identity: Callable[[InRecord, Source], tuple[str, int]],
     decode: Callable[[Any], Any],
     encode: Callable[[Any], Any],
     apply: Callable[[Any, bytes, InRecord, Any, bytes], Applied],
+    route: Callable[[InRecord, Any], Out | None],
 ) -> BatchResult:
     """The loop every stateful step shares: event-time order, replay skip, one record per message,
     domain objects kept decoded for the whole batch and encoded once per changed key."""
     result = BatchResult()
     records: dict[bytes, _Record] = {}
     for record, parsed in in_event_time_order(batch, parse):
-        source = Source.from_headers(record.headers)
+        raw_input = topics.is_raw(record.topic)
+        source = record.source if raw_input else Source.from_headers(record.headers)
         if isinstance(parsed, Invalid):
             result.reject(topics.dead_letters, record, source, parsed)
             continue
+        if raw_input:
+            moved = route(record, parsed)
+            if moved is not None:
+                result.outputs.append(moved)
+                continue
         result.watermark_us = max(result.watermark_us, parsed.occurred_us)
         key = key_of(record, parsed)
         entry = None
@@ -232,8 +226,8 @@ def _apply_keyed(
                 stamped = Stamped.load(load(key, record.partition))
                 state = None if stamped.state is None else decode(stamped.state)
                 entry = records[key] = _Record(stamped.seen, state, record.partition)
-            seen_partition, seen_offset = identity(record, source)
-            if replay.is_replay(entry.seen, seen_partition, seen_offset):
+            lane, lane_offset = identity(record, source)
+            if replay.is_replay(entry.seen, lane, lane_offset):
                 result.replays_skipped += 1
                 continue
         try:
@@ -249,7 +243,7 @@ def _apply_keyed(
             result.outputs.append(applied.forward)
         if applied.changed and entry is not None:
             entry.state, entry.changed = applied.state, True
-            replay.mark(entry.seen, seen_partition, seen_offset)
+            replay.mark(entry.seen, lane, lane_offset)
     for key, entry in records.items():
         if entry.changed:
             state = None if entry.state is None else encode(entry.state)
@@ -257,29 +251,44 @@ def _apply_keyed(
     return result
 
 
-def _raw_identity(record: InRecord, source: Source) -> tuple[int, int]:
-    return source.partition, source.offset
+def _raw_identity(record: InRecord, source: Source) -> tuple[str, int]:
+    """Where the operation entered: the same lane whether it was re-keyed or not."""
+    return raw_lane(source.partition), source.offset
 
 
-def _via_identity(record: InRecord, source: Source) -> tuple[int, int]:
+def _via_identity(record: InRecord, source: Source) -> tuple[str, int]:
+    """The record that carried it on: re-keyed copies of one raw record share this identity."""
     return via_from_headers(record.headers)
+
+
+def _stay(record: InRecord, parsed: Any) -> Out | None:
+    return None
 
 
 # --- step 1: artifact id → collection membership ----------------------------------------------
 
 
 def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
+    """Reads the by-id topic and, when it is co-partitioned, the raw topic too: a record the
+    producer already put in the partition that owns its artifact id is applied without a hop."""
+
+    def route(record: InRecord, op: Any) -> Out | None:
+        key = op.artifact_id.encode()
+        return None if topics.local(record, key) else _route(topics.artifacts_by_id, key, record, topics)
+
     def apply(current: Membership | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
         step = membership.apply(current, op, raw)
         forward = None
         if step.forward_to is not None:
             target = step.forward_to.encode()
-            source = Source.from_headers(record.headers)
+            raw_input = topics.is_raw(record.topic)
+            source = record.source if raw_input else Source.from_headers(record.headers)
+            via_lane = raw_lane(record.partition) if raw_input else internal_lane(record.partition)
             forward = Out(
                 topics.artifacts_by_key,
                 target,
                 raw,
-                [*source.headers(), *via_headers(record.partition, record.offset)],
+                [*source.headers(), *via_headers(via_lane, record.offset)],
                 partition_for(target, topics.partitions),
                 record.timestamp_ms,
             )
@@ -291,11 +300,12 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         load,
         parse=parse_artifact_op,
         events_topic=topics.artifact_events,
-        key_of=lambda record, op: _key(record),
+        key_of=lambda record, op: op.artifact_id.encode(),
         identity=_raw_identity,
         decode=Membership.from_json,
         encode=Membership.to_json,
         apply=apply,
+        route=route,
     )
 
 
@@ -318,6 +328,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         decode=Collection.from_json,
         encode=Collection.to_json,
         apply=apply,
+        route=_stay,
     )
 
 
@@ -325,7 +336,14 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
 
 
 def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retention_us: int) -> BatchResult:
-    """Task runs without a flow run are stateless: they inherit nothing and pass nothing on."""
+    """Task runs without a flow run are stateless: they inherit nothing and pass nothing on.
+    Like memberships, raw records already in their flow run's partition are applied directly."""
+
+    def route(record: InRecord, result: Any) -> Out | None:
+        key = _flow_run_key(result)
+        if topics.local(record, key):
+            return None
+        return _route(topics.task_results_by_flow_run, key, record, topics)
 
     def apply(
         current: FlowRunLineage | None, key: bytes, record: InRecord, result: Any, raw: bytes
@@ -344,6 +362,7 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
         decode=FlowRunLineage.from_json,
         encode=FlowRunLineage.to_json,
         apply=apply,
+        route=route,
     )
 
 

@@ -15,25 +15,36 @@ from topology.config import Settings
 
 
 def key_of(line: bytes, key_field: str | None) -> bytes | None:
-    """The record key: the value at a dotted path of the JSON line, if asked for and present."""
+    """The record key: the value at the first of the comma-separated dotted paths present in the
+    JSON line (e.g. `artifact.id,artifact_id`), if asked for."""
     if key_field is None:
         return None
     try:
-        value: Any = orjson.loads(line)
-        for part in key_field.split("."):
-            value = value[part]
-    except (orjson.JSONDecodeError, KeyError, TypeError, IndexError):
-        return None  # not JSON or no such field: produce it unkeyed (bad input is worth testing)
-    return None if value is None else str(value).encode()
+        message: Any = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None  # not JSON: produce it unkeyed (bad input is worth testing)
+    for path in key_field.split(","):
+        value = message
+        try:
+            for part in path.strip().split("."):
+                value = value[part]
+        except (KeyError, TypeError, IndexError):
+            continue
+        if value is not None:
+            return str(value).encode()
+    return None
 
 
 async def produce(
-    settings: Settings, topic: str, lines: Iterable[bytes], key_field: str | None
+    settings: Settings,
+    topic: str,
+    lines: Iterable[bytes],
+    key_field: str | None,
+    interval_s: float = 0.0,
 ) -> int:
+    """Publish each non-blank line; with `interval_s`, one at a time like a live producer."""
     await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5
-    )
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
     await producer.start()
     count = 0
     try:
@@ -44,6 +55,9 @@ async def produce(
                 continue
             pending.append(await producer.send(topic, raw, key=key_of(raw, key_field)))
             count += 1
+            if interval_s:
+                await asyncio.gather(*pending)
+                await asyncio.sleep(interval_s)
         await asyncio.gather(*pending)
     finally:
         await producer.stop()
