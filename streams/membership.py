@@ -18,19 +18,26 @@ from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, Artifac
 
 @dataclass(frozen=True, slots=True)
 class Membership:
-    """What is known of one artifact id: its collection key (None: unkeyed) and whether deleted."""
+    """What is known of one artifact id: its collection key (None: unkeyed) and, once deleted,
+    when (a tombstone, so that a replayed create cannot bring the artifact back; kept for the
+    retention, then forgotten)."""
 
     key: str | None
-    deleted: bool = False
+    deleted_us: int | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.deleted_us is not None
 
     def to_json(self) -> list[object]:
-        return [self.key, self.deleted]
+        return [self.key, self.deleted_us]
 
     @classmethod
     def from_json(cls, value: list[object]) -> Membership:
-        key, deleted = value
+        key, deleted_us = value
         assert key is None or isinstance(key, str)
-        return cls(key, bool(deleted))
+        assert deleted_us is None or isinstance(deleted_us, int)
+        return cls(key, deleted_us)
 
 
 @dataclass(slots=True)
@@ -68,7 +75,7 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
         if current is None or current.deleted:
             step.unknown_delete = True
         else:
-            step.membership, step.changed = Membership(current.key, deleted=True), True
+            step.membership, step.changed = Membership(current.key, op.occurred_us), True
             step.forward_to = current.key
     return step
 

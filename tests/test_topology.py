@@ -47,3 +47,23 @@ def test_golden_case_through_the_topology(case: str, how: str, raw_partitions: i
     events_topic = driver.topics.artifact_events if stream == "artifacts" else driver.topics.asset_events
     assert sorted(driver.events(events_topic)) == sorted(expected)
     assert driver.events(driver.topics.dead_letters) == []
+
+
+DAY_US = 86_400_000_000
+
+
+def test_retention_forgets_silent_flow_runs_and_old_tombstones_only() -> None:
+    from topology.steps import Stamped, expired_flow_runs, expired_tombstones
+
+    lineage = {
+        b"silent": Stamped({}, {"last_seen_us": 1 * DAY_US, "passes_on": {}}).dump(),
+        b"recent": Stamped({}, {"last_seen_us": 5 * DAY_US, "passes_on": {}}).dump(),
+    }
+    memberships = {
+        b"live": Stamped({}, ["report", None]).dump(),
+        b"deleted-long-ago": Stamped({}, ["report", 1 * DAY_US]).dump(),
+        b"deleted-lately": Stamped({}, [None, 5 * DAY_US]).dump(),
+    }
+    now, retention = 9 * DAY_US, 7 * DAY_US
+    assert expired_flow_runs(lambda: lineage.items(), now, retention) == [b"silent"]
+    assert expired_tombstones(lambda: memberships.items(), now, retention) == [b"deleted-long-ago"]

@@ -102,7 +102,8 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.names = TopicNames(settings)
         self.topics = self.names.topics()
-        self.lineage_watermark_us = 0
+        # Greatest event time each swept table's step has seen: "now" for the retention.
+        self.watermarks = {"flow runs": 0, "deleted artifacts": 0}
         self.app = faust.App(
             settings.app_id,
             broker=f"kafka://{settings.bootstrap_servers}",
@@ -153,6 +154,7 @@ class Worker:
             self._channel(t.raw_artifacts, t.artifacts_by_id),
             self.memberships,
             steps.apply_memberships,
+            swept="deleted artifacts",
         )
         self._stateful(
             "collections", self._channel(t.artifacts_by_key), self.collections, steps.apply_collections
@@ -162,8 +164,9 @@ class Worker:
             self._channel(t.raw_task_results, t.task_results_by_flow_run),
             self.lineage,
             lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention),
+            swept="flow runs",
         )
-        self.app.timer(interval=60.0, name="lineage-retention")(self.sweep_lineage)
+        self.app.timer(interval=60.0, name="retention")(self.sweep)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
 
     def _stateful(
@@ -172,6 +175,7 @@ class Worker:
         topic: faust.TopicT,
         table: Table,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
+        swept: str | None = None,
     ) -> None:
         co_partitioned = self.settings.input_partitions == self.settings.partitions
 
@@ -180,7 +184,7 @@ class Worker:
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
                 try:
-                    await self._process(events, table, process, co_partitioned)
+                    await self._process(events, table, process, co_partitioned, swept)
                 except Exception:
                     # Faust acks a taken batch when the loop moves on, even after an error, and
                     # would commit it: never let an unprocessed batch be committed. Exit instead;
@@ -197,6 +201,7 @@ class Worker:
         table: Table,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
         co_partitioned: bool,
+        swept: str | None,
     ) -> None:
         started = time.perf_counter()
         # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
@@ -215,7 +220,8 @@ class Worker:
         for topic, count in Counter(r.topic for r in batch).items():
             self.metrics.input(topic, count)
         result = process(self.topics, batch, load)
-        self.lineage_watermark_us = max(self.lineage_watermark_us, result.watermark_us)
+        if swept is not None:
+            self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
         # Outputs first, acknowledged; state after (streams.replay explains why).
         await self._publish(result.outputs)
         for key, (partition, value) in result.writes.items():
@@ -290,20 +296,27 @@ class Worker:
         ):
             self.metrics.table_keys(name, table_keys(table))
 
-    async def sweep_lineage(self) -> None:
-        """Forget flow runs silent for longer than the retention (bounded table size)."""
-        expired = steps.expired_flow_runs(
-            lambda: list(self.lineage.data.items()),
-            self.lineage_watermark_us,
-            self.settings.lineage_retention_us,
-        )
-        for key in expired:
-            partition = partition_for(key, self.settings.partitions)
-            self.lineage.send_changelog(partition, key, None, value_serializer="raw")
-            with contextlib.suppress(KeyError):
-                del self.lineage.data[key]
-        if expired:
-            log.info("lineage retention: forgot %d flow runs", len(expired))
+    async def sweep(self) -> None:
+        """Retention by event time: forget flow runs silent for longer than it, and tombstones of
+        artifacts deleted longer than it ago, so neither table grows without bound."""
+        retention = self.settings.lineage_retention_us
+        for name, table, expired in (
+            ("flow runs", self.lineage, steps.expired_flow_runs),
+            ("deleted artifacts", self.memberships, steps.expired_tombstones),
+        ):
+            keys = expired(_items_of(table), self.watermarks[name], retention)
+            for key in keys:
+                table.send_changelog(
+                    partition_for(key, self.settings.partitions), key, None, value_serializer="raw"
+                )
+                with contextlib.suppress(KeyError):
+                    del table.data[key]
+            if keys:
+                log.info("retention: forgot %d %s", len(keys), name)
+
+
+def _items_of(table: Table) -> Callable[[], list[tuple[bytes, bytes]]]:
+    return lambda: list(table.data.items())
 
 
 def table_keys(table: Any) -> int:

@@ -368,10 +368,25 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
 
 def expired_flow_runs(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
     """Keys of flow runs silent for longer than the retention, as of the event-time watermark."""
+    return _expired(items, watermark_us, retention_us, lambda state: int(state["last_seen_us"]))
+
+
+def expired_tombstones(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
+    """Keys of artifacts deleted longer than the retention ago (live ones never expire)."""
+    return _expired(items, watermark_us, retention_us, lambda state: state[1])
+
+
+def _expired(
+    items: Callable[[], Any],
+    watermark_us: int,
+    retention_us: int,
+    last_us: Callable[[Any], int | None],
+) -> list[bytes]:
     expired = []
     for key, raw in items():
         state = Stamped.load(raw).state
-        if state is not None and watermark_us - int(state["last_seen_us"]) > retention_us:
+        when = None if state is None else last_us(state)
+        if when is not None and watermark_us - when > retention_us:
             expired.append(key)
     return expired
 
