@@ -265,16 +265,24 @@ def _stay(record: InRecord, parsed: Any) -> Out | None:
     return None
 
 
+def _rekey_unless_local(
+    topics: Topics, topic: str, key_of: Callable[[Any], bytes]
+) -> Callable[[InRecord, Any], Out | None]:
+    """A raw record stays when it sits in the partition owning its key, else moves to `topic`."""
+
+    def route(record: InRecord, parsed: Any) -> Out | None:
+        key = key_of(parsed)
+        return None if topics.local(record, key) else _route(topic, key, record, topics)
+
+    return route
+
+
 # --- step 1: artifact id → collection membership ----------------------------------------------
 
 
 def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
     """Reads the by-id topic and, when it is co-partitioned, the raw topic too: a record the
     producer already put in the partition that owns its artifact id is applied without a hop."""
-
-    def route(record: InRecord, op: Any) -> Out | None:
-        key = op.artifact_id.encode()
-        return None if topics.local(record, key) else _route(topics.artifacts_by_id, key, record, topics)
 
     def apply(current: Membership | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
         step = membership.apply(current, op, raw)
@@ -305,7 +313,7 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         decode=Membership.from_json,
         encode=Membership.to_json,
         apply=apply,
-        route=route,
+        route=_rekey_unless_local(topics, topics.artifacts_by_id, lambda op: op.artifact_id.encode()),
     )
 
 
@@ -339,12 +347,6 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
     """Task runs without a flow run are stateless: they inherit nothing and pass nothing on.
     Like memberships, raw records already in their flow run's partition are applied directly."""
 
-    def route(record: InRecord, result: Any) -> Out | None:
-        key = _flow_run_key(result)
-        if topics.local(record, key):
-            return None
-        return _route(topics.task_results_by_flow_run, key, record, topics)
-
     def apply(
         current: FlowRunLineage | None, key: bytes, record: InRecord, result: Any, raw: bytes
     ) -> Applied:
@@ -362,7 +364,7 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
         decode=FlowRunLineage.from_json,
         encode=FlowRunLineage.to_json,
         apply=apply,
-        route=route,
+        route=_rekey_unless_local(topics, topics.task_results_by_flow_run, _flow_run_key),
     )
 
 
