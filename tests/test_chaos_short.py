@@ -8,7 +8,6 @@ The full-size run and what it measures are in docs/operating.md.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -18,23 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 import chaos  # noqa: E402
-
-pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(scope="module")
-def chaos_bootstrap() -> object:
-    """KAFKA_BOOTSTRAP_SERVERS when set, else an embedded broker of our own for this module."""
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        yield os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        return
-    from topology.embedded_broker import EmbeddedBroker
-
-    broker = EmbeddedBroker().start()
-    try:
-        yield broker.bootstrap_servers
-    finally:
-        broker.stop()
 
 
 def test_workload_is_deterministic() -> None:
@@ -51,8 +33,10 @@ def test_workload_is_deterministic() -> None:
     assert {"create-first", "delete-last", "probe", "task-completed"} <= kinds
 
 
+@pytest.mark.broker
 @pytest.mark.timeout(150)
-def test_short_chaos_run_loses_and_changes_nothing(chaos_bootstrap: str, tmp_path: Path) -> None:
+def test_short_chaos_run_loses_and_changes_nothing(bootstrap_servers: str, tmp_path: Path) -> None:
+    """The session broker (conftest): embedded Tansu, or KAFKA_BOOTSTRAP_SERVERS when set."""
     cfg = chaos.Config(
         messages=2500,
         kills=3,
@@ -61,7 +45,7 @@ def test_short_chaos_run_loses_and_changes_nothing(chaos_bootstrap: str, tmp_pat
         rounds=6,
         rate=200.0,
         rebalance=False,
-        bootstrap_servers=chaos_bootstrap,
+        bootstrap_servers=bootstrap_servers,
         out_dir=tmp_path,
         barrier_timeout_s=45.0,
         quiet_s=2.0,

@@ -67,3 +67,17 @@ def test_retention_forgets_silent_flow_runs_and_old_tombstones_only() -> None:
     now, retention = 9 * DAY_US, 7 * DAY_US
     assert expired_flow_runs(lambda: lineage.items(), now, retention) == [b"silent"]
     assert expired_tombstones(lambda: memberships.items(), now, retention) == [b"deleted-long-ago"]
+
+
+def test_a_foreign_record_on_an_internal_topic_is_a_dead_letter_not_a_crash() -> None:
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    driver.produce(t.artifacts_by_key, b'{"op": "delete"}', key=None, partition=0)
+    driver.produce(t.artifacts_by_id, b"{}", key=b"x", partition=0)
+    driver.run()
+    dead = [r for (topic, _), log in sorted(driver.logs.items()) if topic == t.dead_letters for r in log]
+    assert [(r.value, dict(r.headers)["prefect-dead-letter-code"]) for r in dead] == [
+        (b'{"op": "delete"}', b"foreign_record"),
+        (b"{}", b"foreign_record"),
+    ]
+    assert dict(dead[0].headers)["prefect-source-topic"] == t.artifacts_by_key.encode()

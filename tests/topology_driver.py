@@ -50,9 +50,8 @@ class Driver:
 
     def _append(self, out: Out) -> None:
         partition = out.partition
-        if partition is None:
-            assert out.key is not None
-            partition = partition_for(out.key, self.topics.partitions)
+        if partition is None:  # the producer's choice: by key, or any partition (0) without one
+            partition = 0 if out.key is None else partition_for(out.key, self.topics.partitions)
         log = self.logs[(out.topic, partition)]
         log.append(InRecord(out.topic, partition, len(log), out.key, out.value, tuple(out.headers)))
         self.queue.append((out.topic, partition))

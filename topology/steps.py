@@ -208,7 +208,17 @@ def _apply_keyed(
     records: dict[bytes, _Record] = {}
     for record, parsed in in_event_time_order(batch, parse):
         raw_input = topics.is_raw(record.topic)
-        source = record.source if raw_input else Source.from_headers(record.headers)
+        try:
+            source = record.source if raw_input else Source.from_headers(record.headers)
+            identity_of_record = identity(record, source) if not raw_input else None
+            if not raw_input and record.key is None:
+                raise KeyError("record key")
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            # Internal topics are written by this worker only: a record someone else put there
+            # is a dead letter, not a reason to stop.
+            why = Invalid("foreign_record", f"internal record not written by this worker ({exc!r})")
+            result.reject(topics.dead_letters, record, record.source, why)
+            continue
         if isinstance(parsed, Invalid):
             result.reject(topics.dead_letters, record, source, parsed)
             continue
@@ -226,7 +236,7 @@ def _apply_keyed(
                 stamped = Stamped.load(load(key, record.partition))
                 state = None if stamped.state is None else decode(stamped.state)
                 entry = records[key] = _Record(stamped.seen, state, record.partition)
-            lane, lane_offset = identity(record, source)
+            lane, lane_offset = identity_of_record or identity(record, source)
             if replay.is_replay(entry.seen, lane, lane_offset):
                 result.replays_skipped += 1
                 continue
@@ -400,6 +410,5 @@ def _value(record: InRecord) -> bytes:
 
 
 def _key(record: InRecord) -> bytes:
-    if record.key is None:  # only our own routing step writes these topics, always with a key
-        raise RuntimeError(f"internal record without key at {record.source}")
+    assert record.key is not None  # _apply_keyed dead-letters keyless internal records
     return record.key
