@@ -81,3 +81,33 @@ def test_a_foreign_record_on_an_internal_topic_is_a_dead_letter_not_a_crash() ->
         (b"{}", b"foreign_record"),
     ]
     assert dict(dead[0].headers)["prefect-source-topic"] == t.artifacts_by_key.encode()
+
+
+def test_a_re_read_update_is_not_applied_again_after_a_newer_one() -> None:
+    """A crash re-reads raw records after the last commit; an update re-keyed a second time must
+    be recognised by the membership step, or the collection would take the older data back."""
+    from tests import spec_helpers as h
+
+    driver = Driver(topics(partitions=4, raw_partitions=4))
+    raw = driver.topics.raw_artifacts
+    v1, v2 = h.uid(1), h.uid(2)
+    messages = [
+        h.create(v1, "report", 0.0),
+        h.create(v2, "report", 1.0),
+        h.update(v1, {"data": "a1"}, 2.0),
+        h.update(v1, {"data": "a2"}, 3.0),
+    ]
+    # Keyed by nothing useful: none is local, every one is re-keyed; the newer update happens to
+    # sit on another raw partition than the older one.
+    for m, partition in zip(messages, [0, 0, 0, 1], strict=True):
+        driver.produce(raw, h.encode(m), key=None, partition=partition)
+        driver.run()
+    driver.positions[(raw, 0)] = 2  # partition 0 not committed past the older update: re-read
+    driver.queue.append((raw, 0))
+    driver.run()
+    driver.produce(raw, h.encode(h.delete(v2, 4.0)), key=None, partition=0)  # re-point to v1
+    driver.run()
+    events = [json.loads(v) for v in driver.events(driver.topics.artifact_events)]
+    [repoint] = [e for e in events if e["event"] == "prefect.artifact-collection.updated"][-1:]
+    assert repoint["related"][0]["prefect.resource.id"] == f"prefect.artifact.{v1}"
+    assert repoint["payload"]["data"] == "a2"

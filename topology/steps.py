@@ -251,7 +251,9 @@ def _apply_keyed(
         result.unknown_deletes += applied.unknown_delete
         if applied.forward is not None:
             result.outputs.append(applied.forward)
-        if applied.changed and entry is not None:
+        # A message that changed state or handed an operation on is marked done: a re-read copy
+        # (re-keyed again at a new internal offset) must not hand it on a second time.
+        if entry is not None and (applied.changed or applied.forward is not None):
             entry.state, entry.changed = applied.state, True
             replay.mark(entry.seen, lane, lane_offset)
     for key, entry in records.items():

@@ -1,0 +1,1058 @@
+#!/usr/bin/env python
+"""Throughput, latency, memory and recovery of the worker against a plain aiokafka loop.
+
+    .venv/bin/python bench/benchmark.py [--messages N] [--collections M] [--quick]
+
+Everything runs in this process tree: an embedded Tansu broker (or KAFKA_BOOTSTRAP_SERVERS),
+`prefect-events worker` subprocesses, and the producers/consumers that feed and watch them.
+Phases, all in one invocation so that ratios are meaningful on a shared 2-core box:
+
+1. baseline   plain aiokafka consume → orjson.loads → trivial transform → orjson.dumps → produce
+2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
+              events/s out; expected event count from the offline `streams.pipeline`
+3. profile    the same again under py-spy (separate run: sampling overhead stays out of 2.)
+4. latency    end-to-end p50/p99 at a fixed rate (2,000 msgs/s) through every hop
+5. offline    `prefect-events process` over the same workload
+6. keys       creates over 1k keys vs M distinct keys (the fill of 7.), throughput by decile
+7. state      RSS of the worker holding M live collections in rocksdb://, then restarts with that
+              state: time from restart to first event out
+
+Writes bench/results/<timestamp>.json and .png (matplotlib, from bench/requirements.txt) and
+prints a table. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import workload as wl  # noqa: E402
+
+from streams.envelope import EVENT_HEADER  # noqa: E402
+from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
+from topology.admin import TopicSpec, ensure_topics  # noqa: E402
+
+VENV_BIN = Path(sys.executable).parent
+CLI = str(VENV_BIN / "prefect-events")
+PY_SPY = shutil.which("py-spy", path=str(VENV_BIN)) or shutil.which("py-spy")
+PARTITIONS = 4
+RESULTS = BENCH / "results"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError):
+        mem_kb = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_mb": mem_kb // 1024,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) in kB from /proc/PID/status."""
+    out: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                name, value = line.split(":", 1)
+                out[name] = int(value.split()[0])
+    return out
+
+
+_PROBE = """
+import json
+from topology import runner, transport
+from topology.config import Settings
+w = runner.build(Settings(metrics_port=0, store="memory://"))
+tables = [w.memberships, w.collections, w.lineage]
+print(json.dumps({
+    "tables_raw": all(t.key_serializer == "raw" == t.value_serializer for t in tables),
+    "fetch_wait_wired": isinstance(w.app._transport, transport.FetchWaitTransport),
+}))
+"""
+
+
+def worker_checks() -> dict[str, bool]:
+    """What the worker as it is in topology/ does (built, not started, in a subprocess):
+    tables_raw: its tables store the raw bytes it writes (else rocksdb:// reads back dicts);
+    fetch_wait_wired: PREFECT_EVENTS_FETCH_MAX_WAIT_MS reaches Faust's consumer."""
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True,
+                         cwd=str(ROOT), check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def fetch_wait_wired() -> bool:
+    return worker_checks()["fetch_wait_wired"]
+
+
+#: Patches bench/patched_worker.py applies to every worker run so the worker works at all
+#: (set in main() from worker_checks(); empty when topology/ has the fixes).
+BASE_PATCHES: list[str] = []
+
+
+# --- topics, producing, collecting --------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Names:
+    """Topic names and app id of one phase (every phase has its own, so none sees another's)."""
+
+    prefix: str
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.prefix}-app"
+
+    @property
+    def raw(self) -> dict[str, str]:
+        return {wl.ARTIFACTS: f"{self.prefix}.raw.artifacts",
+                wl.TASK_RESULTS: f"{self.prefix}.raw.asset-task-results"}
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{self.prefix}.events.artifacts", f"{self.prefix}.events.assets",
+                f"{self.prefix}.raw.dead-letters"]
+
+    @property
+    def routed(self) -> list[str]:
+        return [f"{self.app_id}-artifacts-by-id", f"{self.app_id}-task-results-by-flow-run"]
+
+    def env(self) -> dict[str, str]:
+        return {
+            "PREFECT_EVENTS_APP_ID": self.app_id,
+            "PREFECT_EVENTS_ARTIFACTS_TOPIC": self.raw[wl.ARTIFACTS],
+            "PREFECT_EVENTS_TASK_RESULTS_TOPIC": self.raw[wl.TASK_RESULTS],
+            "PREFECT_EVENTS_ARTIFACT_EVENTS_TOPIC": self.outputs[0],
+            "PREFECT_EVENTS_ASSET_EVENTS_TOPIC": self.outputs[1],
+            "PREFECT_EVENTS_DEAD_LETTER_TOPIC": self.outputs[2],
+        }
+
+
+async def create_topics(bs: str, names: list[str]) -> None:
+    await ensure_topics(bs, [TopicSpec(n, PARTITIONS) for n in names], timeout_s=60)
+
+
+def producer(bs: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(bootstrap_servers=bs, acks="all", linger_ms=5,
+                            max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
+
+
+async def produce_all(bs: str, names: Names, msgs: list[wl.Msg]) -> float:
+    """Pre-produce; returns msgs/s of the producer."""
+    p = producer(bs)
+    await p.start()
+    started = time.perf_counter()
+    try:
+        pending = []
+        for m in msgs:
+            pending.append(await p.send(names.raw[m.stream], m.value, key=m.key))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await p.stop()
+    return len(msgs) / (time.perf_counter() - started)
+
+
+class Collector:
+    """Consumes output topics from the beginning and counts what arrives (and when)."""
+
+    def __init__(self, bs: str, topics: list[str], *, parse_occurred: bool = False,
+                 keep_timestamps: bool = False) -> None:
+        self.bs, self.topics = bs, topics
+        self.parse_occurred = parse_occurred
+        self.keep_timestamps = keep_timestamps
+        self.count = 0
+        self.by_name: collections.Counter[str] = collections.Counter()
+        self.dead_letters = 0
+        self.first_recv: float | None = None  # time.time()
+        self.last_recv: float | None = None
+        self.min_ts: int | None = None  # record timestamps (ms, producer clock = worker)
+        self.max_ts: int | None = None
+        self.timestamps: list[int] = []
+        self.arrivals: list[tuple[str, float, int, str]] = []  # occurred, recv wall s, ts ms, name
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def start(self) -> None:
+        self._consumer = AIOKafkaConsumer(
+            *self.topics, bootstrap_servers=self.bs, group_id=None, enable_auto_commit=False,
+            auto_offset_reset="earliest", fetch_max_wait_ms=10,
+        )
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        dl_topic = self.topics[-1]
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            now = time.time()
+            for tp, records in batches.items():
+                for r in records:
+                    if tp.topic == dl_topic:
+                        self.dead_letters += 1
+                        continue
+                    self.count += 1
+                    name = next((v.decode() for k, v in r.headers or () if k == EVENT_HEADER), "?")
+                    self.by_name[name] += 1
+                    if self.min_ts is None or r.timestamp < self.min_ts:
+                        self.min_ts = r.timestamp
+                    if self.max_ts is None or r.timestamp > self.max_ts:
+                        self.max_ts = r.timestamp
+                    if self.keep_timestamps:
+                        self.timestamps.append(r.timestamp)
+                    if self.parse_occurred:
+                        occurred = orjson.loads(r.value)["occurred"]
+                        self.arrivals.append((occurred, now, r.timestamp, name))
+                    if self.first_recv is None:
+                        self.first_recv = now
+                    self.last_recv = now
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def wait(self, expected: int, *, idle_s: float, timeout_s: float,
+                   proc: WorkerProc | None = None) -> str:
+        """Until `expected` events arrived ('complete'), none for `idle_s` after the first ('idle'),
+        the worker died ('exited') or `timeout_s` passed ('timeout')."""
+        deadline = time.time() + timeout_s
+        while True:
+            if self.count + self.dead_letters >= expected:
+                return "complete"
+            now = time.time()
+            idle = idle_s if self.count < 0.95 * expected else min(idle_s, 4.0)
+            if self.last_recv is not None and now - self.last_recv > idle:
+                return "idle"
+            if proc is not None and proc.exited():
+                return "exited"
+            if now > deadline:
+                return "timeout"
+            await asyncio.sleep(0.1)
+
+
+async def first_timestamp(bs: str, topics: list[str]) -> int | None:
+    """Smallest record timestamp at the start of `topics`: when the worker began emitting (routed
+    records keep their input timestamps, so they cannot tell)."""
+    c = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
+                         fetch_max_wait_ms=10)
+    await c.start()
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        found: dict[TopicPartition, int] = {}
+        deadline = time.time() + 5
+        while len(found) < len(tps) and time.time() < deadline:
+            for tp, records in (await c.getmany(timeout_ms=300, max_records=1)).items():
+                if records and tp not in found:
+                    found[tp] = records[0].timestamp
+                    c.pause(tp)
+        return min(found.values()) if found else None
+    finally:
+        await c.stop()
+
+
+# --- the worker process ---------------------------------------------------------------------------
+
+
+class WorkerProc:
+    """One `prefect-events worker` subprocess with its own topics, store and log."""
+
+    def __init__(self, bs: str, names: Names, store: str, data_dir: Path, log_dir: Path,
+                 tag: str, *, extra_patches: tuple[str, ...] = (),
+                 extra_env: dict[str, str] | None = None):
+        self.log_path = log_dir / f"worker-{tag}.log"
+        env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bs,
+            "PREFECT_EVENTS_STORE": store,
+            "PREFECT_EVENTS_DATA_DIR": str(data_dir),
+            "PREFECT_EVENTS_METRICS_PORT": "0",
+            "PREFECT_EVENTS_FETCH_MAX_WAIT_MS": "10",
+            "PREFECT_EVENTS_LOG_LEVEL": "INFO",  # the default; WARNING turns on Faust's spinner
+            **names.env(),
+            **(extra_env or {}),
+        }
+        self.patches = [*BASE_PATCHES, *extra_patches]
+        env["BENCH_PATCHES"] = ",".join(self.patches)
+        cmd = ([sys.executable, str(BENCH / "patched_worker.py"), "worker"] if self.patches
+               else [CLI, "worker"])
+        self._log = self.log_path.open("wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(ROOT))
+        self.pid = self.proc.pid
+        self.peak_kb = 0
+        self.rss_kb = 0
+
+    def exited(self) -> bool:
+        return self.proc.poll() is not None
+
+    def sample(self) -> dict[str, int]:
+        st = proc_status(self.pid)
+        self.peak_kb = max(self.peak_kb, st.get("VmHWM", 0))
+        self.rss_kb = st.get("VmRSS", self.rss_kb)
+        return st
+
+    def stop(self, timeout_s: float = 60) -> int | None:
+        self.sample()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 8) -> list[str]:
+        with contextlib.suppress(OSError):
+            return self.log_path.read_text(errors="replace").splitlines()[-n:]
+        return []
+
+
+# --- expected output -------------------------------------------------------------------------------
+
+
+def expected_events(msgs: list[wl.Msg]) -> tuple[int, collections.Counter[str], int]:
+    """Events the offline pipeline produces for the same input (and its dead letters)."""
+    arts, assets = ArtifactPipeline(), AssetPipeline()
+    names: collections.Counter[str] = collections.Counter()
+    dead = 0
+    for m in msgs:
+        outcome = (arts if m.stream == wl.ARTIFACTS else assets).process(m.value)
+        dead += outcome.dead_letter is not None
+        for e in outcome.events:
+            names[e.name] += 1
+    return sum(names.values()), names, dead
+
+
+# --- phases ----------------------------------------------------------------------------------------
+
+
+async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
+    names = Names("bench-baseline")
+    out_topic = f"{names.prefix}.out"
+    await create_topics(bs, [*names.raw.values(), out_topic])
+    await produce_all(bs, names, msgs)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=10)
+    p = producer(bs)
+    await consumer.start()
+    await p.start()
+    tps = [TopicPartition(t, i) for t in names.raw.values() for i in range(PARTITIONS)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    n = len(msgs)
+    done = 0
+    started = time.perf_counter()
+    try:
+        while done < n:
+            batches = await consumer.getmany(timeout_ms=500, max_records=500)
+            pending = []
+            for records in batches.values():
+                for r in records:
+                    d = orjson.loads(r.value)
+                    key = r.key or b""
+                    event = {
+                        "occurred": d["occurred"],
+                        "event": "bench.baseline." + str(d.get("op", "task-result")),
+                        "resource": {"prefect.resource.id": key.decode()},
+                        "related": [],
+                        "payload": {"state": d.get("state")},
+                        "id": key.decode(),
+                        "follows": None,
+                    }
+                    pending.append(await p.send(out_topic, orjson.dumps(event), key=key,
+                                                headers=[("prefect-event", b"bench")]))
+                    done += 1
+            if pending:
+                await asyncio.gather(*pending)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await p.stop()
+    return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed)}
+
+
+async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int,
+                         log_dir: Path, *, store: str = "rocksdb://",
+                         profile_s: float | None = None, keep_timestamps: bool = False,
+                         timeout_s: float = 1800, keep_data: bool = False,
+                         ) -> tuple[dict[str, Any], Path, Collector]:
+    names = Names(prefix)
+    await create_topics(bs, [*names.raw.values(), *names.outputs])
+    log(f"{prefix}: pre-producing {len(msgs)} messages")
+    produce_rate = await produce_all(bs, names, msgs)
+    collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps)
+    await collector.start()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-data-"))
+    worker = WorkerProc(bs, names, store, data_dir, log_dir, prefix)
+    log(f"{prefix}: worker pid {worker.pid}, expecting {expected} events")
+    spy: subprocess.Popen[bytes] | None = None
+    profile_path = log_dir / f"{prefix}.pyspy.txt"
+    sampler_stop = asyncio.Event()
+
+    async def sampler() -> None:
+        while not sampler_stop.is_set():
+            worker.sample()
+            await asyncio.sleep(0.5)
+
+    sampling = asyncio.create_task(sampler())
+    try:
+        if profile_s is not None and PY_SPY:
+            while collector.count == 0 and not worker.exited():
+                await asyncio.sleep(0.05)
+            spy = subprocess.Popen(
+                [PY_SPY, "record", "-p", str(worker.pid), "-d", str(int(profile_s)), "-r", "200",
+                 "-f", "raw", "-o", str(profile_path)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        outcome = await collector.wait(expected, idle_s=15, timeout_s=timeout_s, proc=worker)
+        wall_end = time.time()
+    finally:
+        sampler_stop.set()
+        await sampling
+        if spy is not None:
+            spy.wait()
+        worker.sample()
+        result: dict[str, Any] = {"peak_rss_mb": round(worker.peak_kb / 1024, 1),
+                                  "rss_end_mb": round(worker.rss_kb / 1024, 1)}
+        if not keep_data:
+            code = worker.stop()
+            shutil.rmtree(data_dir, ignore_errors=True)
+        else:
+            code = None
+    await collector.stop()
+    start_ts = await first_timestamp(bs, names.outputs)
+    end_ts = collector.max_ts
+    n = len(msgs)
+    window = (end_ts - start_ts) / 1000 if start_ts and end_ts and end_ts > start_ts else None
+    result.update({
+        "messages": n,
+        "expected_events": expected,
+        "events_out": collector.count,
+        "dead_letters": collector.dead_letters,
+        "outcome": outcome,
+        "processing_seconds": round(window, 3) if window else None,
+        "msgs_per_s": round(n / window) if window else None,
+        "events_per_s": round(collector.count / window) if window else None,
+        "wall_seconds_from_spawn": round(wall_end - worker.started, 2),
+        "preproduce_msgs_per_s": round(produce_rate),
+        "worker_exit_code": code,
+    })
+    if outcome in ("exited", "timeout"):
+        result["worker_log_tail"] = worker.log_tail()
+    if keep_data:
+        result["_worker"] = worker
+        result["_data_dir"] = data_dir
+        result["_names"] = names
+    if profile_s is not None:
+        result["profile_file"] = str(profile_path)
+    return result, profile_path, collector
+
+
+def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks → top functions by own time and by inclusive time."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    files: collections.Counter[str] = collections.Counter()
+    total = 0
+    if not path.exists():
+        return {"error": "no profile (py-spy missing or failed)"}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        total += count
+        frames = [_frame(f) for f in stack.split(";")]
+        frames = [f for f in frames if f]
+        if not frames:
+            continue
+        own[frames[-1]] += count
+        files[frames[-1].rsplit(" (", 1)[-1].split(":")[0]] += count
+        for f in set(frames):
+            incl[f] += count
+    pct = lambda c: round(100 * c / total, 1) if total else 0.0  # noqa: E731
+    return {
+        "samples": total,
+        "own": [(f, pct(c)) for f, c in own.most_common(top)],
+        "inclusive": [(f, pct(c)) for f, c in incl.most_common(top * 2)],
+        "own_by_file": [(f, pct(c)) for f, c in files.most_common(top)],
+    }
+
+
+def _frame(raw: str) -> str:
+    raw = raw.strip()
+    m = re.match(r"^(.*) \((.*?)(?::(\d+))?\)$", raw)
+    if not m:
+        return raw
+    func, path = m[1], m[2]
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{func} ({path})"
+
+
+async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
+                        extra_patches: tuple[str, ...], tag: str) -> dict[str, Any]:
+    names = Names(f"bench-latency-{tag}")
+    await create_topics(bs, [*names.raw.values(), *names.outputs])
+    collector = Collector(bs, names.outputs, parse_occurred=True)
+    await collector.start()
+    data_dir = Path(tempfile.mkdtemp(prefix="bench-latency-data-"))
+    worker = WorkerProc(bs, names, "rocksdb://", data_dir, log_dir, names.prefix,
+                        extra_patches=extra_patches)
+    gen = wl.Generator(seed=11)
+    keys = 5000
+    p = producer(bs)
+    await p.start()
+    sent: dict[str, float] = {}
+    try:
+        # Warm up until the worker answers (start-up and rebalance are not latency).
+        t0 = time.time()
+        while collector.count == 0:
+            if worker.exited() or time.time() - t0 > 120:
+                return {"error": "worker did not start", "log": worker.log_tail()}
+            m = gen.task_result() if gen.rng.random() < 0.5 else gen.artifact_op(keys)
+            await p.send_and_wait(names.raw[m.stream], m.value, key=m.key)
+            await asyncio.sleep(0.2)
+        ready_s = time.time() - t0
+        await asyncio.sleep(3)
+        log(f"latency {tag}: worker ready after {ready_s:.1f} s; {rate} msgs/s for {seconds} s")
+        n_total = int(rate * seconds)
+        msgs = [gen.next(keys) for _ in range(n_total)]
+        start = time.time()
+        i = 0
+        pending = []
+        while i < n_total:
+            due = min(n_total, int((time.time() - start) * rate) + 1)
+            while i < due:
+                m = msgs[i]
+                now = time.time()
+                pending.append(await p.send(names.raw[m.stream], m.value, key=m.key,
+                                            timestamp_ms=int(now * 1000)))
+                sent[m.occurred] = now
+                i += 1
+            if len(pending) > 2000:
+                await asyncio.gather(*pending)
+                pending.clear()
+            worker.sample()
+            await asyncio.sleep(0.002)
+        await asyncio.gather(*pending)
+        produce_s = time.time() - start
+        expected, _, _ = expected_events(msgs)
+        # events of warm-up messages were already counted; wait for the probe's ones
+        base = collector.count
+        await collector.wait(base + expected, idle_s=10, timeout_s=120, proc=worker)
+        worker.sample()
+    finally:
+        await p.stop()
+        await collector.stop()
+        worker.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    e2e, worker_side = [], []
+    by_stream: dict[str, list[float]] = collections.defaultdict(list)
+    for occurred, recv, ts_ms, name in collector.arrivals:
+        t_sent = sent.get(occurred)
+        if t_sent is None:
+            continue
+        e2e.append((recv - t_sent) * 1000)
+        worker_side.append(ts_ms - t_sent * 1000)
+        by_stream["assets" if name.startswith("prefect.asset") else "artifacts"].append(
+            (recv - t_sent) * 1000)
+    return {
+        "rate_msgs_per_s": rate,
+        "achieved_rate": round(len(msgs) / produce_s),
+        "messages": len(msgs),
+        "events_measured": len(e2e),
+        "events_expected": expected,
+        "patches": worker.patches,
+        "via": "bench/patched_worker.py" if worker.patches else "prefect-events worker",
+        "e2e_ms": pcts(e2e),
+        "to_worker_publish_ms": pcts(worker_side),
+        "e2e_ms_by_stream": {k: pcts(v) for k, v in by_stream.items()},
+        "peak_rss_mb": round(worker.peak_kb / 1024, 1),
+        "_e2e": e2e,
+    }
+
+
+def pcts(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p99": None, "max": None}
+    v = sorted(values)
+    q = lambda f: round(v[min(len(v) - 1, int(f * len(v)))], 1)  # noqa: E731
+    return {"p50": q(0.50), "p90": q(0.90), "p99": q(0.99), "max": round(v[-1], 1)}
+
+
+def phase_offline(msgs: list[wl.Msg]) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-offline-"))
+    total_s, n = 0.0, 0
+    per: dict[str, Any] = {}
+    try:
+        for stream, flag in ((wl.ARTIFACTS, "artifacts"), (wl.TASK_RESULTS, "assets")):
+            lines = [m.value for m in msgs if m.stream == stream]
+            path = tmp / f"{flag}.jsonl"
+            path.write_bytes(b"\n".join(lines) + b"\n")
+            started = time.perf_counter()
+            subprocess.run([CLI, "process", "--stream", flag, str(path)], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            elapsed = time.perf_counter() - started
+            per[flag] = {"messages": len(lines), "seconds": round(elapsed, 3),
+                         "msgs_per_s": round(len(lines) / elapsed)}
+            total_s += elapsed
+            n += len(lines)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"messages": n, "seconds": round(total_s, 3), "msgs_per_s": round(n / total_s),
+            "by_stream": per, "note": "CLI wall time incl. interpreter start-up (~0.3 s per run)"}
+
+
+def deciles(timestamps: list[int], n_msgs: int, start_ts: int | None) -> list[int | None]:
+    """Input msgs/s within each tenth of the output (events ∝ input for creates-only)."""
+    if not timestamps or start_ts is None:
+        return []
+    ts = sorted(timestamps)
+    out: list[int | None] = []
+    prev = start_ts
+    for k in range(1, 11):
+        t = ts[min(len(ts) - 1, k * len(ts) // 10 - 1)]
+        span = (t - prev) / 1000
+        out.append(round(n_msgs / 10 / span) if span > 0 else None)
+        prev = t
+    return out
+
+
+async def phase_keys_and_state(bs: str, n_small: int, m: int, log_dir: Path,
+                               recover: list[str], args_recovery_timeout: float,
+                               ) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # 1k keys: creates over 1,000 collections.
+    msgs = wl.creates(n_small, keys=1000, seed=21).messages
+    expected, _, _ = expected_events(msgs)
+    res, _, _ = await run_saturation(bs, "bench-keys1k", msgs, expected, log_dir)
+    out["keys_1k"] = res
+    del msgs
+    # M keys: every create starts its own collection; the worker keeps that state.
+    log(f"state: generating {m} creates over {m} keys")
+    msgs = wl.creates(m, keys=m, seed=22).messages
+    expected = 2 * m  # artifact.created + artifact-collection.created each
+    res, _, coll = await run_saturation(
+        bs, "bench-fill", msgs, expected, log_dir, keep_timestamps=True, keep_data=True,
+        timeout_s=3600)
+    worker: WorkerProc = res.pop("_worker")
+    data_dir: Path = res.pop("_data_dir")
+    names: Names = res.pop("_names")
+    start_ts = await first_timestamp(bs, names.outputs)
+    res["decile_msgs_per_s"] = deciles(coll.timestamps, m, start_ts)
+    await asyncio.sleep(2)
+    worker.sample()
+    res["collections"] = m
+    res["rss_live_mb"] = round(worker.rss_kb / 1024, 1)
+    res["peak_rss_mb"] = round(worker.peak_kb / 1024, 1)
+    res["rocksdb_dir_mb"] = round(_du(data_dir) / 2**20, 1)
+    worker.stop()
+    out["keys_many"] = res
+    del msgs, coll
+    # Recovery: restart with that state, time to first event out for a probe on a known key.
+    rec: dict[str, Any] = {}
+    gen = wl.Generator(seed=23)
+    for i, how in enumerate(recover):
+        if how == "rocksdb-wiped":
+            shutil.rmtree(data_dir, ignore_errors=True)
+            data_dir.mkdir(parents=True, exist_ok=True)
+        store = "memory://" if how == "memory" else "rocksdb://"
+        probe = gen._create(m, small=True, key=f"coll-{i}")
+        collector = Collector(bs, names.outputs)
+        # start from the end: count only new events
+        await collector.start()
+        await asyncio.sleep(1)
+        base = await _settle(collector)
+        log(f"recovery ({how}): restarting worker on {m} collections")
+        w = WorkerProc(bs, names, store, data_dir, log_dir, f"recover-{how}")
+        p = producer(bs)
+        await p.start()
+        await p.send_and_wait(names.raw[probe.stream], probe.value, key=probe.key)
+        await p.stop()
+        deadline = time.time() + args_recovery_timeout
+        outcome = "timeout"
+        while time.time() < deadline:
+            w.sample()
+            if collector.count > base:
+                outcome = "event"
+                break
+            if w.exited():
+                outcome = "exited"
+                break
+            await asyncio.sleep(0.1)
+        first_s = time.time() - w.started
+        w.sample()
+        rec[how] = {
+            "outcome": outcome,
+            "seconds_to_first_event": round(first_s, 2) if outcome == "event" else None,
+            "seconds_until_exit": round(first_s, 2) if outcome == "exited" else None,
+            "peak_rss_mb": round(w.peak_kb / 1024, 1),
+            "store": store,
+        }
+        if outcome != "event":
+            rec[how]["log_tail"] = [line[:300] for line in w.log_tail(6)]
+        w.stop()
+        await collector.stop()
+        log(f"recovery ({how}): {rec[how]['outcome']} after {first_s:.1f} s")
+    out["recovery"] = rec
+    shutil.rmtree(data_dir, ignore_errors=True)
+    return out
+
+
+async def _settle(collector: Collector) -> int:
+    """Wait until the collector has caught up with what is already on the topics."""
+    last, still = -1, 0
+    while still < 10:
+        await asyncio.sleep(0.3)
+        if collector.count == last:
+            still += 1
+        else:
+            last, still = collector.count, 0
+    return collector.count
+
+
+def _du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def table(r: dict[str, Any]) -> str:
+    rows: list[tuple[str, str]] = []
+    b, w = r.get("baseline"), r.get("worker")
+    if b:
+        rows.append(("baseline aiokafka loop, msgs/s", f"{b['msgs_per_s']:,}"))
+    if w:
+        rows.append(("worker msgs/s in (rocksdb://)", f"{w['msgs_per_s'] or 0:,}"))
+        rows.append(("worker events/s out", f"{w['events_per_s'] or 0:,}"))
+        rows.append(("worker events out / expected",
+                     f"{w['events_out']:,} / {w['expected_events']:,} ({w['outcome']})"))
+        rows.append(("worker peak RSS, MB", f"{w['peak_rss_mb']}"))
+    if b and w and w.get("msgs_per_s"):
+        rows.append(("ratio worker / baseline", f"{w['msgs_per_s'] / b['msgs_per_s']:.1%}"))
+    for tag, lat in r.get("latency", {}).items():
+        if "e2e_ms" in lat:
+            e = lat["e2e_ms"]
+            rows.append((f"latency {tag} @{lat['rate_msgs_per_s']}/s p50 / p99 ms",
+                         f"{e['p50']} / {e['p99']}  (max {e['max']})"))
+    o = r.get("offline")
+    if o:
+        rows.append(("offline `process` msgs/s", f"{o['msgs_per_s']:,}"))
+    s = r.get("state", {})
+    if "keys_1k" in s:
+        rows.append(("creates, 1k keys, msgs/s", f"{s['keys_1k']['msgs_per_s'] or 0:,}"))
+    if "keys_many" in s:
+        k = s["keys_many"]
+        rows.append((f"creates, {k['collections']:,} keys, msgs/s", f"{k['msgs_per_s'] or 0:,}"))
+        dec = k.get("decile_msgs_per_s") or []
+        if dec:
+            rows.append(("  by decile (first → last)", " ".join(str(d) for d in dec)))
+        rows.append((f"RSS with {k['collections']:,} collections (live / peak), MB",
+                     f"{k['rss_live_mb']} / {k['peak_rss_mb']}"))
+    for how, rec in s.get("recovery", {}).items():
+        val = (f"{rec['seconds_to_first_event']} s" if rec["outcome"] == "event"
+               else f"{rec['outcome']} after {rec.get('seconds_until_exit')} s")
+        rows.append((f"recovery ({how}) to first event", val))
+    width = max(len(a) for a, _ in rows) if rows else 10
+    return "\n".join(f"{a:<{width}}  {v}" for a, v in rows)
+
+
+def targets(r: dict[str, Any]) -> dict[str, Any]:
+    t: dict[str, Any] = {}
+    b, w = r.get("baseline"), r.get("worker")
+    if b and w and w.get("msgs_per_s"):
+        ratio = w["msgs_per_s"] / b["msgs_per_s"]
+        t["worker >= 40% of baseline"] = {"value": round(ratio, 3), "met": ratio >= 0.40}
+    lat = r.get("latency", {}).get(f"{r.get('rate', 2000)}/s")
+    if lat and lat.get("e2e_ms", {}).get("p99") is not None:
+        p99 = lat["e2e_ms"]["p99"]
+        t["p99 <= 100 ms at 2k msgs/s"] = {"value": p99, "met": p99 <= 100}
+    s = r.get("state", {})
+    k = s.get("keys_many")
+    if k:
+        full = k["collections"] >= 1_000_000
+        t["RSS <= 400 MB with 1M collections"] = {
+            "value": k["rss_live_mb"], "collections": k["collections"],
+            "met": (k["rss_live_mb"] <= 400) if full else None}
+        if s.get("keys_1k", {}).get("msgs_per_s") and k.get("msgs_per_s"):
+            few = s["keys_1k"]["msgs_per_s"]
+            dec = [d for d in k.get("decile_msgs_per_s") or [] if d]
+            last = dec[-1] if dec else k["msgs_per_s"]
+            flat = min(k["msgs_per_s"], last) >= 0.8 * few
+            t["flat throughput 1k -> 1M keys"] = {
+                "value": {"1k": few, "many": k["msgs_per_s"], "last_decile": last},
+                "collections": k["collections"], "met": flat if full else None}
+        rec = s.get("recovery", {})
+        best = [v["seconds_to_first_event"] for v in rec.values() if v["outcome"] == "event"]
+        if rec:
+            t["recovery of 1M keys <= 60 s"] = {
+                "value": {h: v.get("seconds_to_first_event") or v["outcome"]
+                          for h, v in rec.items()},
+                "collections": k["collections"],
+                "met": (bool(best) and min(best) <= 60) if full else None}
+    return t
+
+
+def plot(r: dict[str, Any], latencies: dict[str, list[float]], path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib not installed (pip install -r bench/requirements.txt): no plot"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    bars = []
+    if r.get("baseline"):
+        bars.append(("baseline", r["baseline"]["msgs_per_s"]))
+    if r.get("worker", {}).get("msgs_per_s"):
+        bars.append(("worker in", r["worker"]["msgs_per_s"]))
+        bars.append(("worker\nevents out", r["worker"]["events_per_s"]))
+    if r.get("offline"):
+        bars.append(("offline\nprocess", r["offline"]["msgs_per_s"]))
+    if bars:
+        ax1.bar([b[0] for b in bars], [b[1] for b in bars], color="#4477aa")
+        ax1.set_ylabel("per second")
+        ax1.set_title("throughput", fontsize=10)
+        ax1.tick_params(axis="x", labelsize=8)
+    for tag, values in latencies.items():
+        if values:
+            v = sorted(values)
+            ax2.plot(v, [i / len(v) for i in range(len(v))], label=tag)
+    ax2.set_xscale("log")
+    ax2.set_xlabel("end-to-end latency, ms")
+    ax2.set_ylabel("CDF")
+    ax2.axvline(100, color="grey", linestyle=":", linewidth=1)
+    ax2.set_title("latency", fontsize=10)
+    if latencies:
+        ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return None
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any]:
+    r: dict[str, Any] = {}
+    phases = set(args.phases.split(","))
+    log(f"generating {args.messages} messages")
+    work = wl.mixed(args.messages, seed=5)
+    msgs = work.messages
+    expected, by_name, dead = expected_events(msgs)
+    r["workload"] = {
+        "messages": len(msgs),
+        "artifact_ops": sum(m.stream == wl.ARTIFACTS for m in msgs),
+        "task_results": sum(m.stream == wl.TASK_RESULTS for m in msgs),
+        "avg_bytes": round(work.bytes / len(msgs)),
+        "max_bytes": max(len(m.value) for m in msgs),
+        "expected_events": expected,
+        "expected_by_name": dict(by_name),
+        "expected_dead_letters": dead,
+    }
+    r["rate"] = args.rate
+    r["load_before"] = os.getloadavg()
+    if "baseline" in phases:
+        log("baseline: plain aiokafka loop")
+        r["baseline"] = await phase_baseline(bs, msgs)
+        log(f"baseline: {r['baseline']['msgs_per_s']} msgs/s")
+    if "worker" in phases:
+        res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir)
+        res["by_name_diff"] = {k: coll.by_name.get(k, 0) - v for k, v in by_name.items()
+                               if coll.by_name.get(k, 0) != v}
+        r["worker"] = res
+        log(f"worker: {res['msgs_per_s']} msgs/s in, {res['events_per_s']} events/s out "
+            f"({res['outcome']})")
+    if "profile" in phases and PY_SPY:
+        part = msgs[: len(msgs) // 2]
+        rate = r.get("worker", {}).get("msgs_per_s") or 3000
+        dur = max(5.0, min(30.0, 0.6 * len(part) / max(1, rate)))
+        res, path, _ = await run_saturation(bs, "bench-profile", part, expected_events(part)[0],
+                                            log_dir, profile_s=dur)
+        r["profile"] = {"seconds": dur, "msgs_per_s_under_profiler": res["msgs_per_s"],
+                        **summarize_profile(path)}
+        with contextlib.suppress(OSError):
+            shutil.copy(path, log_dir / "profile.raw.txt")
+    latencies: dict[str, list[float]] = {}
+    if "latency" in phases:
+        r["latency"] = {}
+        wired = args.checks["fetch_wait_wired"]
+        runs = [(f"{args.rate}/s", args.rate, ())]
+        if not wired:
+            runs.append((f"{args.rate}/s fetch-wait-10ms", args.rate, ("fetch-wait",)))
+        sustained = r.get("worker", {}).get("msgs_per_s")
+        if sustained and sustained < 1.2 * args.rate:
+            # The worker cannot keep up with the target rate (latency then only measures the
+            # growing backlog): also measure at half its saturation throughput.
+            low = max(50, int(sustained * 0.5) // 50 * 50)
+            runs.append((f"{low}/s (50% of saturation)", low, ()))
+        for i, (tag, rate, extra) in enumerate(runs):
+            lat = await phase_latency(bs, rate, args.latency_seconds, log_dir,
+                                      extra_patches=extra, tag=f"run{i}")
+            lat["tag"] = tag
+            latencies[tag] = lat.pop("_e2e", [])
+            r["latency"][tag] = lat
+            log(f"latency {tag}: {lat.get('e2e_ms')}")
+    if "offline" in phases:
+        r["offline"] = phase_offline(msgs)
+        log(f"offline: {r['offline']['msgs_per_s']} msgs/s")
+    del msgs, work
+    if "state" in phases:
+        bs_state, broker = bs, None
+        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+            # A fresh broker: Tansu keeps everything in RAM, keep the earlier phases out of it.
+            from topology.embedded_broker import EmbeddedBroker
+
+            broker = EmbeddedBroker().start()
+            bs_state = broker.bootstrap_servers
+        try:
+            r["state"] = await phase_keys_and_state(
+                bs_state, args.keys_messages, args.collections, log_dir,
+                args.recover.split(","), args.recovery_timeout)
+        finally:
+            if broker is not None:
+                broker.stop()
+    r["load_after"] = os.getloadavg()
+    r["_latencies"] = latencies
+    return r
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=None,
+                        help="mixed workload size (default 100000; --quick 20000)")
+    parser.add_argument("--collections", type=int, default=None,
+                        help="live collections for the RSS/recovery phase (default 100000; "
+                             "--quick 20000)")
+    parser.add_argument("--keys-messages", type=int, default=None,
+                        help="creates over 1k keys for the key-scaling comparison "
+                             "(default 50000; --quick 10000)")
+    parser.add_argument("--rate", type=int, default=2000, help="latency phase input rate")
+    parser.add_argument("--latency-seconds", type=float, default=None,
+                        help="latency phase duration (default 30; --quick 8)")
+    parser.add_argument("--recovery-timeout", type=float, default=120.0,
+                        help="give up on a restart after this many seconds")
+    parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
+    parser.add_argument("--phases", default="baseline,worker,profile,latency,offline,state")
+    parser.add_argument("--recover", default="rocksdb-kept,rocksdb-wiped,memory",
+                        help="restarts to time after the state phase, in order")
+    args = parser.parse_args()
+    q = args.quick
+    args.messages = args.messages or (20_000 if q else 100_000)
+    args.collections = args.collections or (20_000 if q else 100_000)
+    args.keys_messages = args.keys_messages or (10_000 if q else 50_000)
+    args.latency_seconds = args.latency_seconds or (8.0 if q else 30.0)
+
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    log_dir = RESULTS / f"{stamp}-logs"
+    log_dir.mkdir()
+    broker = None
+    bs = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bs:
+        from topology.embedded_broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        bs = broker.bootstrap_servers
+        log(f"embedded broker at {bs}")
+    started = time.time()
+    args.checks = worker_checks()
+    if not args.checks["tables_raw"]:
+        BASE_PATCHES.append("tables")
+        log("worker tables are not raw-bytes: rocksdb:// crashes; running bench/patched_worker.py "
+            "with the table fix (see its docstring)")
+    try:
+        r = asyncio.run(run(args, bs, log_dir))
+    finally:
+        if broker is not None:
+            broker.stop()
+    latencies = r.pop("_latencies", {})
+    r = {
+        "timestamp": stamp,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "quick": q,
+        "machine": machine(),
+        "broker": "embedded Tansu" if broker else bs,
+        "worker_checks": args.checks,
+        "patches_applied_to_all_worker_runs": BASE_PATCHES,
+        "seconds": round(time.time() - started, 1),
+        **r,
+    }
+    r["targets"] = targets(r)
+    png = RESULTS / f"{stamp}.png"
+    note = plot(r, latencies, png)
+    r["plot"] = note or str(png.relative_to(ROOT))
+    (RESULTS / f"{stamp}.json").write_text(json.dumps(r, indent=2, default=str))
+    print(f"\nmachine: {r['machine']['nproc']} cores, {r['machine']['cpu_model']}, "
+          f"load {r['load_before']} → {r.get('load_after')}")
+    print(table(r))
+    for name, t in r["targets"].items():
+        met = {True: "MET", False: "NOT MET", None: "not measured at 1M"}[t["met"]]
+        print(f"target {name}: {met} ({t['value']})")
+    if "profile" in r and "own" in r["profile"]:
+        print("\nprofile, own time (% of samples):")
+        for f, p in r["profile"]["own"][:15]:
+            print(f"  {p:5.1f}%  {f}")
+    print(f"\nwrote {RESULTS / (stamp + '.json')}" + (f", {png}" if not note else f" ({note})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
