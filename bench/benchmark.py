@@ -18,7 +18,7 @@ Phases, all in one invocation so that ratios are meaningful on a shared 2-core b
               state: time from restart to first event out
 
 Writes bench/results/<timestamp>.json and .png (matplotlib, from bench/requirements.txt) and
-prints a table. See docs/performance.md.
+prints a table. See README, "Performance".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 # Run the whole test suite: set up .venv (scripts/bootstrap.sh), then ruff, mypy and pytest.
 # Every step runs even when an earlier one failed; the exit status is non-zero if any failed.
 # Extra arguments are passed on to pytest (e.g. scripts/test.sh -k artifacts -x).
-# KAFKA_BOOTSTRAP_SERVERS, when set, is seen by the tests (see docs/setup.md).
+# KAFKA_BOOTSTRAP_SERVERS, when set, is seen by the tests (see README, "Set-up").
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

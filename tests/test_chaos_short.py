@@ -3,7 +3,7 @@
 ~2.5k messages, 3 SIGKILLs (some during start-up or recovery, as the seed says), two partitions,
 about 65 s; the worker's output must equal `prefect-events process` over the same input: no
 expected event missing, no event with other bytes, no id with two values, every dead letter.
-The full-size run and what it measures are in docs/operating.md.
+The full-size run and what it measures are in README, "Operating".
 """
 
 from __future__ import annotations

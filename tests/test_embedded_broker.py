@@ -3,7 +3,7 @@
 The contract tests use aiokafka directly and hold on every broker the session may use. The tests
 named `test_tansu_*` document measured defects of the embedded broker: they assert the wrong
 behaviour as it is today, so a Tansu upgrade that fixes one fails here and tells us to drop the
-matching workaround (docs/broker.md).
+matching workaround (README, "The embedded broker").
 """
 
 from __future__ import annotations

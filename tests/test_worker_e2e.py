@@ -80,7 +80,7 @@ StartWorker = Callable[..., RunningWorker]
 @pytest.fixture
 def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> Iterator[StartWorker]:
     started: list[RunningWorker] = []
-    # Tansu lets a restarted member rejoin only after the old session expires (docs/broker.md);
+    # Tansu lets a restarted member rejoin only after the old session expires (README, "The embedded broker");
     # Kafka's minimum session is 6 s.
     session = "2" if broker_kind == "embedded" else "6"
 
@@ -95,7 +95,7 @@ def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> It
         env["PREFECT_EVENTS_SESSION_TIMEOUT_S"] = session
         if broker_kind == "embedded":
             # Tansu's ListOffsets answers the last batch's base offset + 1: with one record per
-            # batch, Faust's changelog recovery reads the whole log (docs/broker.md, defect 1).
+            # batch, Faust's changelog recovery reads the whole log (README, "The embedded broker", defect 1).
             env["PREFECT_EVENTS_PRODUCER_MAX_BATCH_BYTES"] = "1"
         env.update({f"PREFECT_EVENTS_{name.upper()}": value for name, value in settings.items()})
         env["PREFECT_EVENTS_DATA_DIR"] = str(tmp_path / "data")

