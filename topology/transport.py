@@ -1,9 +1,9 @@
 """Per-app consumer fetch wait for Faust's aiokafka driver.
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` when it builds the worker's AIOKafkaConsumer, and has
-no setting for it. A fetch that cannot fill ``fetch_min_bytes`` waits that long; on Tansu it always
-waits the full time (README, "The embedded broker"), so every consumer hop adds up to 1.5 s. On real Kafka it is
-a legitimate latency-versus-requests knob.
+no setting for it. A fetch that cannot fill ``fetch_min_bytes`` waits that long; on Tansu new
+data does not wake it (README, "The embedded broker"), so every consumer hop adds up to 0.75 s.
+On real Kafka it is a legitimate latency-versus-requests knob.
 
 How it is done, without touching Faust globally: :func:`configure_fetch_wait` installs, through the
 public ``App.transport`` setter, a subclass of the aiokafka driver's Transport for that one app.
