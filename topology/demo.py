@@ -7,7 +7,6 @@ real Prefect operations (artifact versions and deletes, an asset lineage chain, 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from aiokafka import AIOKafkaConsumer
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from topology.config import Settings
 from topology.embedded_broker import EmbeddedBroker
-from topology.runner import prepare
+from topology.runner import for_embedded_broker, prepare
 from topology.tools import produce
 
 ARTIFACT_KEY = "artifact.id,artifact_id"  # creates carry the id inside, updates/deletes beside
@@ -43,12 +42,7 @@ def run_demo(settings: Settings, seconds: float) -> int:
     broker = None
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         broker = EmbeddedBroker().start()
-        settings = dataclasses.replace(
-            settings,
-            bootstrap_servers=broker.bootstrap_servers,
-            store="memory://",
-            fetch_max_wait_ms=10,
-        )
+        settings = for_embedded_broker(settings, broker.bootstrap_servers)
         print(f"embedded broker (Tansu) at {settings.bootstrap_servers}", file=sys.stderr)
     env = {
         **os.environ,

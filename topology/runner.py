@@ -40,6 +40,19 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
     return worker
 
 
+def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
+    """The embedded broker lives in memory and starts empty, so state must too (a kept RocksDB
+    directory would claim offsets it never had); its defects want one record per batch and a
+    short fetch wait (README, "The embedded broker")."""
+    return dataclasses.replace(
+        settings,
+        bootstrap_servers=bootstrap_servers,
+        store="memory://",
+        fetch_max_wait_ms=min(settings.fetch_max_wait_ms, 10),
+        producer_max_batch_bytes=1,
+    )
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -51,7 +64,7 @@ def run_worker(
     broker = None
     if embedded_broker:
         broker = EmbeddedBroker().start()
-        settings = dataclasses.replace(settings, bootstrap_servers=broker.bootstrap_servers)
+        settings = for_embedded_broker(settings, broker.bootstrap_servers)
         log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
     try:
         loop = asyncio.new_event_loop()
