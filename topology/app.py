@@ -217,8 +217,8 @@ class Worker:
                 return value
 
         batch = [_record(e) for e in events]
-        for topic, count in Counter(r.topic for r in batch).items():
-            self.metrics.input(topic, count)
+        for topic, count in Counter(r.topic for r in batch if self.topics.is_raw(r.topic)).items():
+            self.metrics.input(topic, count)  # raw input only: internal hops are not new messages
         result = process(self.topics, batch, load)
         if swept is not None:
             self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
