@@ -183,15 +183,18 @@ class Worker:
             async for events in stream.take_events(
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
+                # Faust acks a taken batch when the loop moves on, also when the agent is
+                # cancelled (SIGTERM, rebalance stop) and then commits it: finish the batch first.
+                batch = asyncio.ensure_future(
+                    self._process(events, table, process, co_partitioned, swept)
+                )
                 try:
-                    await self._process(events, table, process, co_partitioned, swept)
+                    await asyncio.shield(batch)
+                except asyncio.CancelledError:
+                    await _finish_or_exit(name, batch)
+                    raise
                 except Exception:
-                    # Faust acks a taken batch when the loop moves on, even after an error, and
-                    # would commit it: never let an unprocessed batch be committed. Exit instead;
-                    # the restarted worker replays it from the last commit (crash-only).
-                    log.critical("%s: batch failed, exiting so that it is replayed", name, exc_info=True)
-                    logging.shutdown()
-                    os._exit(70)
+                    _exit_for_replay(name)
 
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
@@ -313,6 +316,21 @@ class Worker:
                     del table.data[key]
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
+
+
+async def _finish_or_exit(name: str, batch: asyncio.Future[None]) -> None:
+    try:
+        await batch
+    except Exception:
+        _exit_for_replay(name)
+
+
+def _exit_for_replay(name: str) -> None:
+    """The ack would commit a batch that failed: exit instead, and the restarted worker replays
+    it from the last commit (crash-only, as Kafka Streams does)."""
+    log.critical("%s: batch failed, exiting so that it is replayed", name, exc_info=True)
+    logging.shutdown()
+    os._exit(70)
 
 
 def _items_of(table: Table) -> Callable[[], list[tuple[bytes, bytes]]]:
