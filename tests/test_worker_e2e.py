@@ -397,7 +397,10 @@ def test_state_survives_a_restart(start_worker: StartWorker, bootstrap_servers: 
     try:
         asyncio.run(produce(bootstrap_servers, s.artifacts_topic, rest))
         records = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, len(expected)))
-        compare(GOLDEN / "A7" / "expected.jsonl", [v for _, v, _ in records], tmp_path)
+        # At-least-once: what the first worker did not commit is read again; a replayed event is
+        # byte-identical (same id), so count distinct records. A conflicting one would remain.
+        distinct = list(dict.fromkeys(v for _, v, _ in records))
+        compare(GOLDEN / "A7" / "expected.jsonl", distinct, tmp_path)
     finally:
         second.send_signal(signal.SIGTERM)
         second.wait(timeout=60)
