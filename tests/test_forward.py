@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prefect_validate import PrefectServer, prefect_server, require_prefect_venv, validate_events
 
-from topology.config import Settings
+from topology.config import Settings, namespaced
 from topology.forward import ForwardError, PrefectSink, RetryPolicy, _Item, forward
 
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, attempts=3)
@@ -150,17 +150,11 @@ def sample_events() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
 
 def settings_for(bootstrap_servers: str, partitions: int = 2) -> Settings:
     """Settings with topic names of their own, so tests sharing a broker never see each other."""
-    run = secrets.token_hex(4)
     return Settings(
         bootstrap_servers=bootstrap_servers,
-        app_id=f"fwd-{run}",
-        artifacts_topic=f"fwd-{run}.raw.artifacts",
-        task_results_topic=f"fwd-{run}.raw.task-results",
-        artifact_events_topic=f"fwd-{run}.events.artifacts",
-        asset_events_topic=f"fwd-{run}.events.assets",
-        dead_letter_topic=f"fwd-{run}.dead-letters",
         partitions=partitions,
         fetch_max_wait_ms=20,
+        **namespaced(f"fwd-{secrets.token_hex(4)}"),
     )
 
 

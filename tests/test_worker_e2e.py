@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from topology.admin import ensure_topics
 from topology.app import TopicNames
-from topology.config import Settings, load
+from topology.config import Settings, as_environ, load, namespaced
 
 pytestmark = pytest.mark.broker
 
@@ -54,22 +54,20 @@ class RunningWorker:
 
 
 def _env(bootstrap: str, partitions: int, input_partitions: int) -> dict[str, str]:
-    tag = uuid.uuid4().hex[:8]
     env = dict(os.environ)
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=bootstrap,
-        PREFECT_EVENTS_APP_ID=f"e2e-{tag}",
-        PREFECT_EVENTS_ARTIFACTS_TOPIC=f"e2e-{tag}.raw.artifacts",
-        PREFECT_EVENTS_TASK_RESULTS_TOPIC=f"e2e-{tag}.raw.asset-task-results",
-        PREFECT_EVENTS_ARTIFACT_EVENTS_TOPIC=f"e2e-{tag}.events.artifacts",
-        PREFECT_EVENTS_ASSET_EVENTS_TOPIC=f"e2e-{tag}.events.assets",
-        PREFECT_EVENTS_DEAD_LETTER_TOPIC=f"e2e-{tag}.dead-letters",
-        PREFECT_EVENTS_PARTITIONS=str(partitions),
-        PREFECT_EVENTS_INPUT_PARTITIONS=str(input_partitions),
-        PREFECT_EVENTS_STORE="memory://",
-        PREFECT_EVENTS_METRICS_PORT="0",
-        PREFECT_EVENTS_FETCH_MAX_WAIT_MS="10",
-        PREFECT_EVENTS_LOG_LEVEL="INFO",
+        as_environ(
+            {
+                **namespaced(f"e2e-{uuid.uuid4().hex[:8]}"),
+                "bootstrap_servers": bootstrap,
+                "partitions": partitions,
+                "input_partitions": input_partitions,
+                "store": "memory://",
+                "metrics_port": 0,
+                "fetch_max_wait_ms": 10,
+                "log_level": "INFO",
+            }
+        )
     )
     return env
 

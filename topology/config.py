@@ -84,6 +84,25 @@ class Settings:
         return dataclasses.asdict(self)
 
 
+def namespaced(prefix: str) -> dict[str, str]:
+    """App id and every topic under `prefix`: pipelines (or tests) that share a cluster without
+    seeing each other's records."""
+    return {
+        "app_id": prefix,
+        "artifacts_topic": f"{prefix}.raw.artifacts",
+        "task_results_topic": f"{prefix}.raw.asset-task-results",
+        "artifact_events_topic": f"{prefix}.events.artifacts",
+        "asset_events_topic": f"{prefix}.events.assets",
+        "dead_letter_topic": f"{prefix}.raw.dead-letters",
+    }
+
+
+def as_environ(values: Mapping[str, Any]) -> dict[str, str]:
+    """Settings values as the environment variables a worker process reads them from."""
+    by_name = {f.name: f for f in fields(Settings)}
+    return {env_name(by_name[name]): str(value) for name, value in values.items()}
+
+
 def env_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("env", f"PREFECT_EVENTS_{f.name.upper()}"))
 
