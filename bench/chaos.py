@@ -54,7 +54,8 @@ conflicts this script is for. So the input is produced in **rounds**:
 * after each round come **probes**: for every path (raw partition i, by-id partition j, by-key
   partition k) one create of a fresh key whose artifact id and key hash to exactly that path (when
   the raw partition already owns the id, i == j, the worker applies it in place: still the same
-  path, in the same order). Each
+  path, in the same order; with as many raw as internal partitions that is the only kind of
+  path, `paths`). Each
   partition is processed in offset order at every step, so once a probe's ``collection.created``
   event is on the output topic, everything that went down its path before it has been forwarded
   into its ``by-key`` partition. The next round is produced only when all probes of the round are
@@ -88,7 +89,6 @@ import sys
 import tempfile
 import time
 import uuid
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -103,6 +103,8 @@ if str(ROOT) not in sys.path:
 import orjson  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
+
+from topology.records import partition_for  # noqa: E402
 
 ARTIFACTS = "artifacts"
 ASSETS = "assets"
@@ -126,9 +128,12 @@ def raw_partition(key: bytes, partitions: int) -> int:
     return int(_PARTITIONER(key, every, every))
 
 
-def internal_partition(key: bytes, partitions: int) -> int:
-    """topology.records.partition_for, repeated here so the probes need no worker import."""
-    return zlib.crc32(key) % partitions
+def paths(input_partitions: int, partitions: int) -> list[tuple[int, int]]:
+    """(raw partition, internal partition) pairs a keyed record can take. The worker partitions
+    internal topics as a producer's default partitioner does (murmur2), so with as many raw as
+    internal partitions a well-keyed record stays in its partition (raw i → internal i)."""
+    return [(i, j) for i in range(input_partitions) for j in range(partitions)
+            if input_partitions != partitions or i == j]
 
 
 # --- the workload -------------------------------------------------------------------------------
@@ -570,43 +575,41 @@ class Generator:
             candidate = self.uuid()
             b = candidate.encode()
             if (raw_partition(b, self.input_partitions) == raw
-                    and internal_partition(b, self.partitions) == internal):
+                    and partition_for(b, self.partitions) == internal):
                 return candidate
 
     def probes(self, rnd: int) -> list[Message]:
         out: list[Message] = []
         pin, p = self.input_partitions, self.partitions
-        for i in range(pin):
-            for j in range(p):
-                for k in range(p):
-                    while True:
-                        self.probe_serial += 1
-                        key = f"chaos-probe-{self.probe_serial}"
-                        if internal_partition(key.encode(), p) == k:
-                            break
-                    art_id = self._id_for(i, j)
-                    occurred = self.tick()
-                    value = orjson.dumps({
-                        "op": "create", "occurred": ts(occurred), "context": None,
-                        "artifact": {"id": art_id, "key": key, "type": "markdown",
-                                     "data": f"probe {i}/{j}/{k}", "description": None,
-                                     "metadata_": None, "flow_run_id": None,
-                                     "task_run_id": None, "created": ts(occurred)},
-                    })
-                    msg = Message(ARTIFACTS, art_id.encode(), value, i, rnd, "probe", True)
-                    out.append(msg)
-        for i in range(pin):
-            for j in range(p):
-                fr_id = self._id_for(i, j)
-                self.probe_serial += 1
+        for i, j in paths(pin, p):
+            for k in range(p):
+                while True:
+                    self.probe_serial += 1
+                    key = f"chaos-probe-{self.probe_serial}"
+                    if partition_for(key.encode(), p) == k:
+                        break
+                art_id = self._id_for(i, j)
+                occurred = self.tick()
                 value = orjson.dumps({
-                    "task_run_id": self.uuid(), "flow_run_id": fr_id, "occurred": ts(self.tick()),
-                    "context": None, "state": {"type": "COMPLETED", "name": "Completed"},
-                    "downstream_assets": [{"key": f"chaos://probe/{self.probe_serial}",
-                                           "properties": None, "metadata": {}}],
-                    "upstream_assets": [], "upstream_task_run_ids": [], "materialized_by": None,
+                    "op": "create", "occurred": ts(occurred), "context": None,
+                    "artifact": {"id": art_id, "key": key, "type": "markdown",
+                                 "data": f"probe {i}/{j}/{k}", "description": None,
+                                 "metadata_": None, "flow_run_id": None,
+                                 "task_run_id": None, "created": ts(occurred)},
                 })
-                out.append(Message(ASSETS, fr_id.encode(), value, i, rnd, "probe", True))
+                msg = Message(ARTIFACTS, art_id.encode(), value, i, rnd, "probe", True)
+                out.append(msg)
+        for i, j in paths(pin, p):
+            fr_id = self._id_for(i, j)
+            self.probe_serial += 1
+            value = orjson.dumps({
+                "task_run_id": self.uuid(), "flow_run_id": fr_id, "occurred": ts(self.tick()),
+                "context": None, "state": {"type": "COMPLETED", "name": "Completed"},
+                "downstream_assets": [{"key": f"chaos://probe/{self.probe_serial}",
+                                       "properties": None, "metadata": {}}],
+                "upstream_assets": [], "upstream_task_run_ids": [], "materialized_by": None,
+            })
+            out.append(Message(ASSETS, fr_id.encode(), value, i, rnd, "probe", True))
         return out
 
 
