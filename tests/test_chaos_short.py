@@ -35,12 +35,6 @@ def test_workload_is_deterministic() -> None:
 
 @pytest.mark.broker
 @pytest.mark.timeout(240)
-@pytest.mark.xfail(
-    strict=False,
-    reason="known (issue 4, open): around restarts and rebalances a partition's records can reach "
-    "the worker out of order, and the per-lane replay marks then skip the earlier ones (README, "
-    "Operating); remove this marker once that is fixed",
-)
 def test_short_chaos_run_loses_and_changes_nothing(
     bootstrap_servers: str, broker_kind: str, tmp_path: Path
 ) -> None:

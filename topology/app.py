@@ -27,7 +27,7 @@ from topology.config import Settings
 from topology.metrics import Metrics
 from topology.records import Out, partition_for
 from topology.steps import BatchResult, InRecord, Topics
-from topology.transport import configure_fetch_wait
+from topology.transport import FetchWaitConsumer, configure_fetch_wait
 
 log = logging.getLogger("prefect_events")
 
@@ -79,6 +79,8 @@ class TopicNames:
             ),
         ]
 
+
+STALL_S = 5.0  # a partition with records waiting and none taken for this long is read again
 
 TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
 
@@ -168,6 +170,7 @@ class Worker:
         )
         self.app.timer(interval=60.0, name="retention")(self.sweep)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
+        self.app.timer(interval=1.0, name="stalled-partitions")(self.rewind_stalled)
 
     def _stateful(
         self,
@@ -207,6 +210,12 @@ class Worker:
         swept: str | None,
     ) -> None:
         started = time.perf_counter()
+        # Each partition's records in offset order, each once (topology.commits).
+        ledger = self.consumer.ledger
+        events = [e for e in events if ledger.admit(e.message.tp, e.message.offset)]
+        await self.consumer.rewind()
+        if not events:
+            return
         # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
         by_partition = {
             e.message.partition: e
@@ -227,10 +236,33 @@ class Worker:
             self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
         # Outputs first, acknowledged; state after (streams.replay explains why).
         await self._publish(result.outputs)
-        for key, (partition, value) in result.writes.items():
-            with acting_as(by_partition[partition]):
-                table[key] = value
+        await self._store(table, result.writes, by_partition)
+        for e in events:
+            ledger.finish(e.message.tp, e.message.offset)
         self._report(result, started, batch)
+
+    async def _store(
+        self, table: Table, writes: dict[bytes, tuple[int, bytes]], by_partition: dict[int, Any]
+    ) -> None:
+        """Write the batch's state and wait until its changelog records are acknowledged.
+
+        `table[key] = value` only queues the changelog record in Faust's producer buffer, and
+        the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
+        could then cover input whose state exists only in this process, and a SIGKILL lost it.
+        The batch is acked (and so committable) only after this returns."""
+        pending = []
+        for key, (partition, value) in writes.items():
+            with acting_as(by_partition[partition]):
+                table.data[key] = value
+            pending.append(table.send_changelog(partition, key, value))
+        if pending:
+            await asyncio.gather(*pending)
+
+    @property
+    def consumer(self) -> FetchWaitConsumer:
+        consumer = self.app.consumer
+        assert isinstance(consumer, FetchWaitConsumer)  # configure_fetch_wait installed it
+        return consumer
 
     def ready(self) -> bool:
         """Assigned partitions and recovered tables: safe to route traffic and roll on."""
@@ -289,6 +321,11 @@ class Worker:
         if result.replays_skipped:
             log.info("skipped %d replayed messages already applied", result.replays_skipped)
         m.processing(time.perf_counter() - started)
+
+    async def rewind_stalled(self) -> None:
+        """Records delivered to a step but never taken: read them again (topology.commits)."""
+        if self.ready():
+            await self.consumer.rewind_stalled(STALL_S)
 
     async def measure_tables(self) -> None:
         """Keys per table: exact for memory://, RocksDB's own estimate for rocksdb:// (no scan)."""

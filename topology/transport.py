@@ -1,4 +1,13 @@
-"""Per-app consumer fetch wait for Faust's aiokafka driver.
+"""The worker's Kafka consumer: Faust's aiokafka driver with a fetch wait and a commit ledger.
+
+Commit ledger: the consumer commits what `topology.commits.CommitLedger` says is finished, not
+what Faust's streams acked (that module says why). The hooks are Faust's own consumer methods:
+``getmany`` (delivery), ``seek``/``perform_seek`` and the rebalance callbacks (positions),
+``_filter_tps_with_pending_acks``/``_new_offset`` (what to commit). Faust's read-offset filter is
+switched off: it dropped records re-read after a seek (its "DROPPED MESSAGE ROFF") and made gaps
+out of a stale fetch; the ledger does both jobs per epoch.
+
+Fetch wait:
 
 Faust hard-codes ``fetch_max_wait_ms=1500`` when it builds the worker's AIOKafkaConsumer, and has
 no setting for it. A fetch that cannot fill ``fetch_min_bytes`` waits that long; on Tansu new
@@ -22,14 +31,18 @@ silently keeping 1500.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, ClassVar
 
 import faust
 from faust.transport import by_url
+from faust.transport.consumer import ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
-from faust.types import AppT
+from faust.types import TP, AppT, Message
 from faust.types.transports import ConsumerT
 from yarl import URL
+
+from topology.commits import CommitLedger
 
 __all__ = [
     "FAUST_DEFAULT_FETCH_MAX_WAIT_MS",
@@ -55,11 +68,98 @@ class FetchWaitConsumerThread(AIOKafkaConsumerThread):
         return consumer
 
 
+class _NoReadOffsets(dict[TP, int | None]):
+    """Faust's per-partition read offsets, switched off: every record reads as new."""
+
+    def __getitem__(self, tp: TP) -> None:
+        return None
+
+    def __setitem__(self, tp: TP, offset: int | None) -> None:
+        pass
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
 class FetchWaitConsumer(Consumer):
-    """The driver's Consumer, running :class:`FetchWaitConsumerThread`."""
+    """The driver's Consumer, running :class:`FetchWaitConsumerThread`, committing by ledger."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ledger: CommitLedger[TP] = CommitLedger()
+        self._read_offset = _NoReadOffsets()
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+        ledger, acking = self.ledger, self.app.topics.acks_enabled_for
+        fetched_in = ledger.epochs()
+        async for tp, message in super().getmany(timeout):
+            if acking(tp.topic):
+                ledger.deliver(tp, message.offset, fetched_in)
+            yield tp, message
+
+    async def seek(self, partition: TP, offset: int) -> None:
+        await super().seek(partition, offset)
+        if self.app.topics.acks_enabled_for(partition.topic):
+            self.ledger.seek(partition, offset)
+
+    async def perform_seek(self) -> None:
+        """Faust seeks every stream partition to its committed offset once recovery is done."""
+        committed = {
+            ensure_TP(tp): offset if offset is not None and offset >= 0 else None
+            for tp, offset in (await self.seek_to_committed()).items()
+        }
+        tps = {tp: o for tp, o in committed.items() if self.app.topics.acks_enabled_for(tp.topic)}
+        unknown = [tp for tp, offset in tps.items() if offset is None]
+        # No commit yet: the group starts at the log start (auto_offset_reset "earliest").
+        starts = await self.earliest_offsets(*unknown) if unknown else {}
+        for tp, offset in tps.items():
+            self.ledger.position(tp, offset if offset is not None else starts.get(tp))
+        self._committed_offset.update({tp: o for tp, o in committed.items() if o})
+
+    async def rewind(self) -> None:
+        """Seek back the partitions whose next record was lost on its way (commits.py)."""
+        await self._rewind(self.ledger.rewinds(), "records after it arrived first")
+
+    def resume_flow(self) -> None:
+        # Faust calls this right after flow_control.resume() has emptied every stream queue.
+        super().resume_flow()
+        rewinds = self.ledger.resume()
+        if rewinds:
+            self.add_future(self._rewind(rewinds, "queued records were dropped on resume"))
+
+    async def rewind_stalled(self, after_s: float) -> None:
+        await self._rewind(self.ledger.stalled(after_s), f"nothing taken for {after_s:g} s")
+
+    async def _rewind(self, offsets: Mapping[TP, int], why: str) -> None:
+        for tp, offset in offsets.items():
+            self.log.info("rewinding %s[%d] to %d: %s", tp.topic, tp.partition, offset, why)
+            await self.seek(tp, offset)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        for tp in assigned:
+            if self.app.topics.acks_enabled_for(tp.topic):
+                self.ledger.assign(tp)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        await super().on_partitions_revoked(revoked)  # commits what is finished first
+        self.ledger.forget(revoked)
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        # Faust's own ack bookkeeping decides nothing here; keep it from growing.
+        for acked in self._acked.values():
+            acked.clear()
+        for index in self._acked_index.values():
+            index.clear()
+        for tp in self.ledger.positions():
+            if topics is None or tp in topics or tp.topic in topics:
+                yield tp
+
+    def _new_offset(self, tp: TP) -> int | None:
+        return self.ledger.committable(tp)
 
 
 class FetchWaitTransport(Transport):

@@ -1,0 +1,223 @@
+"""The commit ledger (topology/commits.py): every record reaches the steps once, in offset order,
+and a commit never covers a record that is not finished.
+
+Each case is one of the ways Faust's own bookkeeping lost or reordered input under SIGKILLs and
+rebalances (README, "Operating"): records skipped or still in a batch, queues cleared after a
+fetch, fetches delivered after a seek, transaction markers, a group without commits.
+"""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from topology.commits import REWIND_RETRY_S, CommitLedger
+
+TP = ("raw", 0)
+Ledger = CommitLedger[tuple[str, int]]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ledger_at(committed: int | None, clock: Clock | None = None) -> Ledger:
+    ledger: Ledger = CommitLedger(clock=clock or Clock())
+    ledger.assign(TP)
+    ledger.position(TP, committed)
+    return ledger
+
+
+def fetch(ledger: Ledger, offsets: list[int]) -> None:
+    """One fetch, begun now, delivering `offsets` in order."""
+    fetched_in = ledger.epochs()
+    for o in offsets:
+        ledger.deliver(TP, o, fetched_in)
+
+
+def take(ledger: Ledger, offsets: list[int]) -> list[int]:
+    """A batch: the offsets it may process, which then finish."""
+    taken = [o for o in offsets if ledger.admit(TP, o)]
+    for o in taken:
+        ledger.finish(TP, o)
+    return taken
+
+
+# --- commits ---------------------------------------------------------------------------------------
+
+
+def test_commits_the_run_of_finished_offsets_from_the_committed_position() -> None:
+    ledger = ledger_at(10)
+    fetch(ledger, [10, 11, 12])
+    assert take(ledger, [10, 11, 12]) == [10, 11, 12]
+    assert ledger.committable(TP) == 13
+
+
+def test_a_record_still_in_a_batch_holds_the_position() -> None:
+    ledger = ledger_at(10)
+    fetch(ledger, [10, 11, 12])
+    assert [ledger.admit(TP, o) for o in (10, 11, 12)] == [True, True, True]
+    ledger.finish(TP, 10)
+    ledger.finish(TP, 12)  # 11 is still being processed
+    assert ledger.committable(TP) == 11
+    ledger.finish(TP, 11)
+    assert ledger.committable(TP) == 13
+
+
+def test_records_taken_before_the_committed_offset_is_learnt_count() -> None:
+    """Faust hands over records fetched from the committed offset while it still recovers."""
+    ledger: Ledger = CommitLedger(clock=Clock())
+    ledger.assign(TP)
+    fetch(ledger, [7, 8, 9])
+    assert take(ledger, [7, 8, 9]) == [7, 8, 9]
+    assert ledger.committable(TP) is None  # position unknown: nothing to commit yet
+    ledger.position(TP, 7)
+    assert ledger.committable(TP) == 10
+
+
+def test_a_group_without_commits_starts_at_the_log_start() -> None:
+    ledger = ledger_at(None)
+    fetch(ledger, [0, 1])
+    assert take(ledger, [0, 1]) == [0, 1]
+    assert ledger.committable(TP) is None
+    ledger.position(TP, 0)  # the worker looks up the log start
+    assert ledger.committable(TP) == 2
+
+
+def test_a_reassigned_partition_starts_from_the_new_committed_offset() -> None:
+    ledger = ledger_at(0)
+    fetch(ledger, [0, 1, 2])
+    take(ledger, [0, 1, 2])
+    ledger.forget([TP])
+    assert ledger.committable(TP) is None
+    ledger.assign(TP)
+    ledger.position(TP, 1)  # another worker committed up to 1 meanwhile
+    fetch(ledger, [1, 2])
+    assert take(ledger, [1, 2]) == [1, 2]
+    assert ledger.committable(TP) == 3
+
+
+# --- order: each record once, in offset order --------------------------------------------------------
+
+
+def test_records_lost_on_the_way_are_refused_after_and_the_partition_rewound() -> None:
+    """Faust cleared 192..206 from its queue when flow resumed; 207 arrived next."""
+    ledger = ledger_at(180)
+    fetch(ledger, list(range(180, 220)))
+    assert take(ledger, list(range(180, 192))) == list(range(180, 192))
+    assert take(ledger, list(range(207, 220))) == []  # never ahead of 192
+    assert ledger.rewinds() == {TP: 192}
+    ledger.seek(TP, 192)
+    fetch(ledger, list(range(192, 220)))
+    assert take(ledger, list(range(192, 220))) == list(range(192, 220))
+    assert ledger.committable(TP) == 220
+
+
+def test_a_rewind_is_asked_once_while_its_records_are_on_their_way() -> None:
+    clock = Clock()
+    ledger = ledger_at(0, clock)
+    fetch(ledger, [0, 1, 2, 3])
+    take(ledger, [0, 2])
+    assert ledger.rewinds() == {TP: 1}
+    ledger.seek(TP, 1)
+    take(ledger, [3])  # stale: from the fetch before the seek
+    assert ledger.rewinds() == {}
+    clock.now += REWIND_RETRY_S  # and if they were lost again, once more
+    take(ledger, [3])
+    assert ledger.rewinds() == {TP: 1}
+
+
+def test_copies_of_records_already_taken_are_refused_without_a_rewind() -> None:
+    """Faust seeks to the committed offset after recovery: records taken before come again."""
+    ledger = ledger_at(5)
+    fetch(ledger, [5, 6, 7])
+    take(ledger, [5, 6, 7])
+    ledger.position(TP, 5)
+    fetch(ledger, [5, 6, 7, 8])
+    assert take(ledger, [5, 6, 7, 8]) == [8]
+    assert ledger.rewinds() == {}
+    assert ledger.committable(TP) == 9
+
+
+# --- gaps: offsets that hold no record ---------------------------------------------------------------
+
+
+def test_offsets_a_fetch_steps_over_are_transaction_markers() -> None:
+    ledger = ledger_at(0)
+    fetch(ledger, [0, 1, 3, 4, 9])  # 2 and 5..8: commit markers, compacted records
+    assert take(ledger, [0, 1, 3, 4, 9]) == [0, 1, 3, 4, 9]
+    assert ledger.committable(TP) == 10
+
+
+def test_a_marker_right_at_the_seek_position_is_a_gap() -> None:
+    ledger = ledger_at(0)
+    fetch(ledger, [0])
+    take(ledger, [0])
+    ledger.seek(TP, 1)
+    fetch(ledger, [2, 3])  # 1 is a marker
+    assert take(ledger, [2, 3]) == [2, 3]
+    assert ledger.committable(TP) == 4
+
+
+def test_a_fetch_begun_before_a_seek_proves_no_gap() -> None:
+    ledger = ledger_at(0)
+    fetched_in = ledger.epochs()  # a fetch begins...
+    ledger.seek(TP, 0)  # ...a seek happens...
+    for o in (0, 5):  # ...and the old fetch delivers with a jump
+        ledger.deliver(TP, o, fetched_in)
+    assert take(ledger, [0, 5]) == [0]
+    assert ledger.committable(TP) == 1
+
+
+@given(
+    finished=st.sets(st.integers(min_value=0, max_value=40)),
+    committed=st.integers(min_value=0, max_value=20),
+)
+def test_never_commits_past_an_unfinished_offset(finished: set[int], committed: int) -> None:
+    ledger = ledger_at(committed)
+    fetch(ledger, list(range(committed, 41)))
+    for o in range(committed, 41):
+        ledger.admit(TP, o)
+    for o in finished:
+        ledger.finish(TP, o)
+    position = ledger.committable(TP)
+    assert position is not None and position >= committed
+    assert all(o in finished for o in range(committed, position))
+    assert position not in finished or position > 40
+
+
+@given(st.lists(st.integers(min_value=0, max_value=30), max_size=80))
+def test_whatever_order_records_arrive_in_the_steps_see_each_once_in_order(arrivals: list[int]) -> None:
+    ledger = ledger_at(0)
+    taken = take(ledger, arrivals)
+    assert taken == list(range(len(taken)))
+
+
+def test_records_delivered_and_never_taken_are_read_again() -> None:
+    """A quiet partition: Faust dropped its last records and nothing comes after them."""
+    clock = Clock()
+    ledger = ledger_at(0, clock)
+    fetch(ledger, [0, 1, 2])
+    take(ledger, [0])
+    assert ledger.stalled(5.0) == {}  # 1 and 2 may still be on their way
+    clock.now += 5.0
+    assert ledger.stalled(5.0) == {TP: 1}
+    assert ledger.stalled(5.0) == {}  # asked once; again only after another quiet spell
+    ledger.seek(TP, 1)
+    fetch(ledger, [1, 2])
+    assert take(ledger, [1, 2]) == [1, 2]
+    clock.now += 10.0
+    assert ledger.stalled(5.0) == {}  # nothing waiting
+
+
+def test_flow_resuming_rewinds_partitions_with_records_not_taken() -> None:
+    ledger = ledger_at(0)
+    fetch(ledger, [0, 1, 2])
+    take(ledger, [0, 1])
+    assert ledger.resume() == {TP: 2}
+    take(ledger, [2])
+    assert ledger.resume() == {}

@@ -1,0 +1,185 @@
+"""Which input offsets may be committed: only those whose batch is finished, without holes.
+
+Faust commits what its streams *acked*, and acks more than what was processed: records it skips
+during a rebalance (flow control off, old generation) are acked unprocessed; its gap tracking
+marks offsets as done when a fetch made before a seek is delivered after it; and its commit takes
+the first run of acked offsets wherever it starts, not from the committed position. Under
+SIGKILLs and rebalances each of these committed input that never reached the worker's steps,
+and its events were lost (README, "Operating").
+
+The ledger replaces that bookkeeping, and keeps each partition's records in order on their way
+into the steps, whatever Faust does to them on the way:
+
+* **Admission.** A batch takes a record only if it is the partition's next one (`expected`);
+  earlier offsets are copies of records already taken (a seek re-read them), later ones mean
+  records between were lost on the way (Faust clears its queues when flow resumes after a
+  rebalance, after having fetched from the committed offset) or arrive ahead of their turn (a
+  fetch made before a seek delivered after it). Those are refused, and the partition is rewound
+  to `expected`, so the steps see every record once, in offset order. Partitions with records
+  delivered but not taken are rewound too every time flow resumes (Faust empties its queues
+  then) and when none was taken for a while, so a quiet partition does not wait for a later
+  record to notice.
+* **Commits.** The position offered for commit is the end of the run of finished offsets (outputs
+  and state acknowledged by the broker) from the committed one, never past a hole.
+* **Gaps.** Offsets a fetch steps over hold no record (transaction markers, compaction): they
+  are admitted and finished as if processed. Only a fetch begun after the partition's last seek
+  can tell; one begun before it (its `epoch` is older) proves nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+TP = TypeVar("TP")  # a topic partition; any hashable key
+
+REWIND_RETRY_S = 1.0  # a rewind whose records were lost again is repeated after this
+
+
+@dataclass
+class _Partition:
+    base: int | None = None  # next offset to commit; None until the committed offset is known
+    expected: int | None = None  # next offset a batch may take
+    epoch: int = 0  # bumped by every seek
+    last: int | None = None  # last offset delivered by a fetch of the current epoch
+    seeked_to: int | None = None  # where the last seek went
+    gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
+    finished: set[int] = field(default_factory=set)
+    refused: bool = False  # a record beyond `expected` was refused
+    rewound_at: tuple[int, float] | None = None  # (offset, when) of the last rewind
+    delivered: int | None = None  # greatest offset delivered, any epoch
+    moved_at: float = 0.0  # when a batch last took a record (or the partition was rewound)
+
+
+@dataclass
+class CommitLedger(Generic[TP]):
+    clock: Callable[[], float] = time.monotonic
+    partitions: dict[TP, _Partition] = field(default_factory=dict)
+
+    # --- positions -------------------------------------------------------------------------------
+
+    def assign(self, tp: TP) -> None:
+        """Newly assigned: the consumer starts it at its committed offset, learnt by `position`."""
+        self.partitions[tp] = _Partition(moved_at=self.clock())
+
+    def position(self, tp: TP, committed: int | None) -> None:
+        """Faust seeked the partition to its committed offset."""
+        p = self.partitions.setdefault(tp, _Partition())
+        p.base = committed
+        if committed is not None:
+            p.finished = {o for o in p.finished if o >= committed}
+            if p.expected is None or p.expected < committed:
+                p.expected = committed
+        self._seeked(p, committed)
+
+    def seek(self, tp: TP, offset: int) -> None:
+        self._seeked(self.partitions.setdefault(tp, _Partition()), offset)
+
+    def forget(self, tps: Iterable[TP]) -> None:
+        """Revoked: its position belongs to the next owner."""
+        for tp in tps:
+            self.partitions.pop(tp, None)
+
+    def _seeked(self, p: _Partition, offset: int | None) -> None:
+        p.epoch += 1
+        p.moved_at = self.clock()
+        p.last, p.seeked_to = None, offset
+        if p.expected is not None:
+            p.gaps = {o for o in p.gaps if o >= p.expected}
+
+    # --- records ---------------------------------------------------------------------------------
+
+    def epochs(self) -> Mapping[TP, int]:
+        """Taken when a fetch begins; `deliver` compares against it."""
+        return {tp: p.epoch for tp, p in self.partitions.items()}
+
+    def deliver(self, tp: TP, offset: int, fetched_in: Mapping[TP, int]) -> None:
+        """A fetched record goes to the streams: learn the gaps it steps over."""
+        p = self.partitions.setdefault(tp, _Partition())
+        if p.delivered is None or offset > p.delivered:
+            p.delivered = offset
+        if fetched_in.get(tp, 0) != p.epoch:
+            return  # fetched before the last seek: proves no gap
+        first = p.last + 1 if p.last is not None else p.seeked_to
+        if first is not None and offset > first:
+            p.gaps.update(range(first, offset))
+            p.finished.update(o for o in range(first, offset) if p.base is None or o >= p.base)
+        if p.last is None or offset > p.last:
+            p.last = offset
+
+    def admit(self, tp: TP, offset: int) -> bool:
+        """May a batch take this record now? Only the partition's next one."""
+        p = self.partitions.get(tp)
+        if p is None:
+            return False
+        if p.expected is None:
+            p.expected = offset  # before the committed offset is known: the consumer starts there
+        while p.expected in p.gaps:
+            p.gaps.discard(p.expected)
+            p.expected += 1
+        if offset != p.expected:
+            p.refused = p.refused or offset > p.expected
+            return False
+        p.expected += 1
+        p.refused, p.rewound_at, p.moved_at = False, None, self.clock()
+        return True
+
+    def rewinds(self) -> dict[TP, int]:
+        """Partitions to seek back to their next record: records beyond it were refused."""
+        now, out = self.clock(), {}
+        for tp, p in self.partitions.items():
+            if not p.refused or p.expected is None:
+                continue
+            p.refused = False
+            if p.rewound_at is not None:
+                offset, when = p.rewound_at
+                if offset == p.expected and now - when < REWIND_RETRY_S:
+                    continue  # records of the last rewind are still on their way
+            p.rewound_at = (p.expected, now)
+            out[tp] = p.expected
+        return out
+
+    def resume(self) -> dict[TP, int]:
+        """Faust emptied its queues (flow resumes): partitions to seek back to their next record,
+        for whatever was delivered and not yet taken may be gone."""
+        return self._waiting(lambda p: True)
+
+    def stalled(self, after_s: float) -> dict[TP, int]:
+        """Partitions with records delivered but none taken for `after_s`: seek back (records can
+        vanish inside Faust, and a quiet partition brings no later record to notice it by)."""
+        now = self.clock()
+        return self._waiting(lambda p: now - p.moved_at >= after_s)
+
+    def _waiting(self, due: Callable[[_Partition], bool]) -> dict[TP, int]:
+        now, out = self.clock(), {}
+        for tp, p in self.partitions.items():
+            if p.expected is None or p.delivered is None or p.delivered < p.expected:
+                continue
+            if due(p):
+                p.refused, p.rewound_at, p.moved_at = False, (p.expected, now), now
+                out[tp] = p.expected
+        return out
+
+    def finish(self, tp: TP, offset: int) -> None:
+        """The record's outputs and state are acknowledged by the broker."""
+        p = self.partitions.get(tp)
+        if p is not None and (p.base is None or offset >= p.base):
+            p.finished.add(offset)
+
+    # --- commits ---------------------------------------------------------------------------------
+
+    def committable(self, tp: TP) -> int | None:
+        """The offset to commit (the next one to read); the consumer skips it if not newer."""
+        p = self.partitions.get(tp)
+        if p is None or p.base is None:
+            return None
+        while p.base in p.finished:
+            p.finished.discard(p.base)
+            p.base += 1
+        return p.base
+
+    def positions(self) -> list[TP]:
+        """Partitions whose commit position is known."""
+        return [tp for tp, p in self.partitions.items() if p.base is not None]
