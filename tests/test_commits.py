@@ -33,10 +33,8 @@ def ledger_at(committed: int | None, clock: Clock | None = None) -> Ledger:
 
 
 def fetch(ledger: Ledger, offsets: list[int]) -> None:
-    """One fetch, begun now, delivering `offsets` in order."""
-    fetched_in = ledger.epochs()
-    for o in offsets:
-        ledger.deliver(TP, o, fetched_in)
+    """One fetch, begun now, bringing `offsets` in order."""
+    ledger.fetched(TP, offsets, ledger.epochs())
 
 
 def take(ledger: Ledger, offsets: list[int]) -> list[int]:
@@ -148,9 +146,21 @@ def test_copies_of_records_already_taken_are_refused_without_a_rewind() -> None:
 
 def test_offsets_a_fetch_steps_over_are_transaction_markers() -> None:
     ledger = ledger_at(0)
-    fetch(ledger, [0, 1, 3, 4, 9])  # 2 and 5..8: commit markers, compacted records
+    fetch(ledger, [0, 1, 3, 4])  # 2: a commit marker
+    fetch(ledger, [9])  # 5..8 between two fetches: markers, compacted records
     assert take(ledger, [0, 1, 3, 4, 9]) == [0, 1, 3, 4, 9]
     assert ledger.committable(TP) == 10
+
+
+def test_records_faust_drops_after_fetching_are_no_gap() -> None:
+    """Faust's getmany drops fetched records when flow stops, the generation changes or the
+    partition is not active; the consumer's position is past them all the same."""
+    ledger = ledger_at(0)
+    fetch(ledger, [0, 1, 2])  # 1 and 2 dropped by Faust before any step saw them
+    fetch(ledger, [3, 4])
+    assert take(ledger, [0, 3, 4]) == [0]
+    assert ledger.rewinds() == {TP: 1}
+    assert ledger.committable(TP) == 1
 
 
 def test_a_marker_right_at_the_seek_position_is_a_gap() -> None:
@@ -167,8 +177,7 @@ def test_a_fetch_begun_before_a_seek_proves_no_gap() -> None:
     ledger = ledger_at(0)
     fetched_in = ledger.epochs()  # a fetch begins...
     ledger.seek(TP, 0)  # ...a seek happens...
-    for o in (0, 5):  # ...and the old fetch delivers with a jump
-        ledger.deliver(TP, o, fetched_in)
+    ledger.fetched(TP, [0, 5], fetched_in)  # ...and the old fetch returns with a jump
     assert take(ledger, [0, 5]) == [0]
     assert ledger.committable(TP) == 1
 
@@ -221,3 +230,16 @@ def test_flow_resuming_rewinds_partitions_with_records_not_taken() -> None:
     assert ledger.resume() == {TP: 2}
     take(ledger, [2])
     assert ledger.resume() == {}
+
+
+def test_records_queued_behind_a_busy_step_are_not_taken_for_lost() -> None:
+    clock = Clock()
+    ledger = ledger_at(0, clock)
+    other = ("raw", 1)
+    ledger.assign(other)
+    ledger.position(other, 0)
+    fetch(ledger, [0, 1])  # partition 0's records wait in Faust's queue...
+    for o in range(10):  # ...while the step works through partition 1's backlog
+        clock.now += 1.0
+        assert ledger.admit(other, o)
+        assert ledger.stalled(5.0) == {}

@@ -29,7 +29,7 @@ into the steps, whatever Faust does to them on the way:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -43,13 +43,13 @@ class _Partition:
     base: int | None = None  # next offset to commit; None until the committed offset is known
     expected: int | None = None  # next offset a batch may take
     epoch: int = 0  # bumped by every seek
-    last: int | None = None  # last offset delivered by a fetch of the current epoch
+    last: int | None = None  # last offset fetched by a fetch of the current epoch
     seeked_to: int | None = None  # where the last seek went
     gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
     finished: set[int] = field(default_factory=set)
     refused: bool = False  # a record beyond `expected` was refused
     rewound_at: tuple[int, float] | None = None  # (offset, when) of the last rewind
-    delivered: int | None = None  # greatest offset delivered, any epoch
+    delivered: int | None = None  # greatest offset fetched, any epoch
     moved_at: float = 0.0  # when a batch last took a record (or the partition was rewound)
 
 
@@ -57,6 +57,7 @@ class _Partition:
 class CommitLedger(Generic[TP]):
     clock: Callable[[], float] = time.monotonic
     partitions: dict[TP, _Partition] = field(default_factory=dict)
+    moved_at: float = 0.0  # when a batch last took any record
 
     # --- positions -------------------------------------------------------------------------------
 
@@ -92,22 +93,26 @@ class CommitLedger(Generic[TP]):
     # --- records ---------------------------------------------------------------------------------
 
     def epochs(self) -> Mapping[TP, int]:
-        """Taken when a fetch begins; `deliver` compares against it."""
+        """Taken when a fetch begins; `fetched` compares against it."""
         return {tp: p.epoch for tp, p in self.partitions.items()}
 
-    def deliver(self, tp: TP, offset: int, fetched_in: Mapping[TP, int]) -> None:
-        """A fetched record goes to the streams: learn the gaps it steps over."""
+    def fetched(self, tp: TP, offsets: Sequence[int], fetched_in: Mapping[TP, int]) -> None:
+        """One fetch's records of a partition, in order, as the consumer got them (before Faust
+        filters any: what it drops is gone from the consumer's position all the same)."""
+        if not offsets:
+            return
         p = self.partitions.setdefault(tp, _Partition())
-        if p.delivered is None or offset > p.delivered:
-            p.delivered = offset
+        if p.delivered is None or offsets[-1] > p.delivered:
+            p.delivered = offsets[-1]
         if fetched_in.get(tp, 0) != p.epoch:
             return  # fetched before the last seek: proves no gap
-        first = p.last + 1 if p.last is not None else p.seeked_to
-        if first is not None and offset > first:
-            p.gaps.update(range(first, offset))
-            p.finished.update(o for o in range(first, offset) if p.base is None or o >= p.base)
-        if p.last is None or offset > p.last:
-            p.last = offset
+        for offset in offsets:
+            first = p.last + 1 if p.last is not None else p.seeked_to
+            if first is not None and offset > first:
+                p.gaps.update(range(first, offset))
+                p.finished.update(o for o in range(first, offset) if p.base is None or o >= p.base)
+            if p.last is None or offset > p.last:
+                p.last = offset
 
     def admit(self, tp: TP, offset: int) -> bool:
         """May a batch take this record now? Only the partition's next one."""
@@ -123,7 +128,8 @@ class CommitLedger(Generic[TP]):
             p.refused = p.refused or offset > p.expected
             return False
         p.expected += 1
-        p.refused, p.rewound_at, p.moved_at = False, None, self.clock()
+        p.refused, p.rewound_at = False, None
+        p.moved_at = self.moved_at = self.clock()
         return True
 
     def rewinds(self) -> dict[TP, int]:
@@ -147,9 +153,13 @@ class CommitLedger(Generic[TP]):
         return self._waiting(lambda p: True)
 
     def stalled(self, after_s: float) -> dict[TP, int]:
-        """Partitions with records delivered but none taken for `after_s`: seek back (records can
-        vanish inside Faust, and a quiet partition brings no later record to notice it by)."""
+        """Partitions with records delivered but not taken, when no batch took anything for
+        `after_s`: seek back (records can vanish inside Faust, and a quiet partition brings no
+        later record to notice it by). Not per partition: under a backlog a partition's records
+        wait in Faust's queue behind other partitions' for seconds, and are not lost."""
         now = self.clock()
+        if now - self.moved_at < after_s:
+            return {}
         return self._waiting(lambda p: now - p.moved_at >= after_s)
 
     def _waiting(self, due: Callable[[_Partition], bool]) -> dict[TP, int]:

@@ -2,7 +2,7 @@
 
 Commit ledger: the consumer commits what `topology.commits.CommitLedger` says is finished, not
 what Faust's streams acked (that module says why). The hooks are Faust's own consumer methods:
-``getmany`` (delivery), ``seek``/``perform_seek`` and the rebalance callbacks (positions),
+``_getmany`` (what was fetched), ``seek``/``perform_seek`` and the rebalance callbacks (positions),
 ``_filter_tps_with_pending_acks``/``_new_offset`` (what to commit). Faust's read-offset filter is
 switched off: it dropped records re-read after a seek (its "DROPPED MESSAGE ROFF") and made gaps
 out of a stale fetch; the ledger does both jobs per epoch.
@@ -31,14 +31,14 @@ silently keeping 1500.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 import faust
 from faust.transport import by_url
-from faust.transport.consumer import ensure_TP
+from faust.transport.consumer import RecordMap, ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
-from faust.types import TP, AppT, Message
+from faust.types import TP, AppT
 from faust.types.transports import ConsumerT
 from yarl import URL
 
@@ -92,13 +92,16 @@ class FetchWaitConsumer(Consumer):
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
-    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
-        ledger, acking = self.ledger, self.app.topics.acks_enabled_for
-        fetched_in = ledger.epochs()
-        async for tp, message in super().getmany(timeout):
+    async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
+        # What the consumer fetched, before Faust's getmany drops any of it (flow stopped,
+        # generation changed, partition not active): the consumer's position moved past it.
+        fetched_in = self.ledger.epochs()
+        records = await super()._getmany(active_partitions, timeout)
+        acking = self.app.topics.acks_enabled_for
+        for tp, batch in (records or {}).items():
             if acking(tp.topic):
-                ledger.deliver(tp, message.offset, fetched_in)
-            yield tp, message
+                self.ledger.fetched(tp, [r.offset for r in batch], fetched_in)
+        return records
 
     async def seek(self, partition: TP, offset: int) -> None:
         await super().seek(partition, offset)
