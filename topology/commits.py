@@ -23,7 +23,9 @@ into the steps, whatever Faust does to them on the way:
   and state acknowledged by the broker) from the committed one, never past a hole.
 * **Gaps.** Offsets a fetch steps over hold no record (transaction markers, compaction): they
   are admitted and finished as if processed. Only a fetch begun after the partition's last seek
-  can tell; one begun before it (its `epoch` is older) proves nothing.
+  had completed can tell; one begun before (its `epoch` is older) proves nothing. Every seek
+  bumps the epoch twice, before it runs and once it has, so a fetch that overlaps it never
+  counts.
 """
 
 from __future__ import annotations
@@ -65,15 +67,21 @@ class CommitLedger(Generic[TP]):
         """Newly assigned: the consumer starts it at its committed offset, learnt by `position`."""
         self.partitions[tp] = _Partition(moved_at=self.clock())
 
-    def position(self, tp: TP, committed: int | None) -> None:
-        """Faust seeked the partition to its committed offset."""
+    def position(self, tp: TP, committed: int | None, sought: bool = True) -> None:
+        """The partition's committed offset, after `seeking`; `sought`: the consumer was moved
+        there (aiokafka's seek_to_committed leaves a partition without a commit where it is)."""
         p = self.partitions.setdefault(tp, _Partition())
         p.base = committed
         if committed is not None:
             p.finished = {o for o in p.finished if o >= committed}
             if p.expected is None or p.expected < committed:
                 p.expected = committed
-        self._seeked(p, committed)
+        self._seeked(p, committed if sought else None)
+
+    def seeking(self, tp: TP) -> None:
+        """A seek is about to happen: until `seek`/`position` say where to, no fetch proves a gap
+        (the consumer moves when the seek runs, not when the ledger hears of it)."""
+        self._seeked(self.partitions.setdefault(tp, _Partition()), None)
 
     def seek(self, tp: TP, offset: int) -> None:
         self._seeked(self.partitions.setdefault(tp, _Partition()), offset)
@@ -105,7 +113,10 @@ class CommitLedger(Generic[TP]):
         if p.delivered is None or offsets[-1] > p.delivered:
             p.delivered = offsets[-1]
         if fetched_in.get(tp, 0) != p.epoch:
-            return  # fetched before the last seek: proves no gap
+            # Begun before the last seek finished: it may hold records from either side of it,
+            # so the next fetch's first record proves no gap either.
+            p.last = p.seeked_to = None
+            return
         for offset in offsets:
             first = p.last + 1 if p.last is not None else p.seeked_to
             if first is not None and offset > first:
@@ -117,10 +128,10 @@ class CommitLedger(Generic[TP]):
     def admit(self, tp: TP, offset: int) -> bool:
         """May a batch take this record now? Only the partition's next one."""
         p = self.partitions.get(tp)
-        if p is None:
+        if p is None or p.expected is None:
+            # Not before the committed offset is known: a record still buffered from the last
+            # assignment would set the start. Faust re-reads from that offset after recovery.
             return False
-        if p.expected is None:
-            p.expected = offset  # before the committed offset is known: the consumer starts there
         while p.expected in p.gaps:
             p.gaps.discard(p.expected)
             p.expected += 1
@@ -161,6 +172,22 @@ class CommitLedger(Generic[TP]):
         if now - self.moved_at < after_s:
             return {}
         return self._waiting(lambda p: now - p.moved_at >= after_s)
+
+    def quiet(self, after_s: float) -> dict[TP, int]:
+        """Partitions with nothing fetched past their next record, when no batch took anything
+        for `after_s` (and each at most once per `after_s`): seek them to it. A no-op for a
+        partition that has no new record; for one the consumer stopped fetching (seen after a
+        partition moved between workers) it starts the fetch again."""
+        now, out = self.clock(), dict[TP, int]()
+        if now - self.moved_at < after_s:
+            return out
+        for tp, p in self.partitions.items():
+            if p.expected is None or (p.delivered is not None and p.delivered >= p.expected):
+                continue
+            if now - p.moved_at >= after_s:
+                p.moved_at = now
+                out[tp] = p.expected
+        return out
 
     def _waiting(self, due: Callable[[_Partition], bool]) -> dict[TP, int]:
         now, out = self.clock(), {}

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import faust
 
-from topology import admin, logs
+from topology import admin, diagnostics, logs
 from topology.app import TopicNames, Worker
 from topology.config import Settings
 from topology.embedded_broker import EmbeddedBroker
@@ -30,6 +30,8 @@ async def prepare(settings: Settings) -> None:
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
     worker = Worker(settings, metrics)
+    worker.app.task(diagnostics.install)
+    diagnostics.reports.append(lambda: worker.consumer.describe())
     if settings.metrics_port:
 
         async def serve_metrics() -> None:

@@ -31,7 +31,8 @@ silently keeping 1500.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import faust
@@ -87,6 +88,9 @@ class FetchWaitConsumer(Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.ledger: CommitLedger[TP] = CommitLedger()
+        self._fetches_started = self._fetches_done = 0
+        self._seeking = asyncio.Lock()
+        self._rebalances = 0  # revocations and assignments seen
         self._read_offset = _NoReadOffsets()
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
@@ -96,7 +100,12 @@ class FetchWaitConsumer(Consumer):
         # What the consumer fetched, before Faust's getmany drops any of it (flow stopped,
         # generation changed, partition not active): the consumer's position moved past it.
         fetched_in = self.ledger.epochs()
-        records = await super()._getmany(active_partitions, timeout)
+        self._fetches_started += 1
+        number = self._fetches_started
+        try:
+            records = await super()._getmany(active_partitions, timeout)
+        finally:
+            self._fetches_done = number  # Faust fetches one at a time
         acking = self.app.topics.acks_enabled_for
         for tp, batch in (records or {}).items():
             if acking(tp.topic):
@@ -104,23 +113,72 @@ class FetchWaitConsumer(Consumer):
         return records
 
     async def seek(self, partition: TP, offset: int) -> None:
-        await super().seek(partition, offset)
-        if self.app.topics.acks_enabled_for(partition.topic):
-            self.ledger.seek(partition, offset)
+        if not self.app.topics.acks_enabled_for(partition.topic):
+            await super().seek(partition, offset)
+            return
+
+        async def seek() -> dict[TP, int | None]:
+            await super(FetchWaitConsumer, self).seek(partition, offset)
+            return {partition: offset}
+
+        await self._seek_quietly([partition], seek)
 
     async def perform_seek(self) -> None:
         """Faust seeks every stream partition to its committed offset once recovery is done."""
-        committed = {
-            ensure_TP(tp): offset if offset is not None and offset >= 0 else None
-            for tp, offset in (await self.seek_to_committed()).items()
-        }
-        tps = {tp: o for tp, o in committed.items() if self.app.topics.acks_enabled_for(tp.topic)}
-        unknown = [tp for tp, offset in tps.items() if offset is None]
-        # No commit yet: the group starts at the log start (auto_offset_reset "earliest").
-        starts = await self.earliest_offsets(*unknown) if unknown else {}
-        for tp, offset in tps.items():
-            self.ledger.position(tp, offset if offset is not None else starts.get(tp))
-        self._committed_offset.update({tp: o for tp, o in committed.items() if o})
+        tps = [tp for tp in self.assignment() if self.app.topics.acks_enabled_for(tp.topic)]
+
+        sought: set[TP] = set()
+
+        async def seek() -> dict[TP, int | None]:
+            committed = {
+                ensure_TP(tp): offset if offset is not None and offset >= 0 else None
+                for tp, offset in (await self.seek_to_committed()).items()
+            }
+            # aiokafka seeks only partitions with a commit above 0 (AIOKafkaConsumer.
+            # seek_to_committed); the others stay where the consumer is.
+            sought.update(tp for tp, o in committed.items() if o)
+            self._committed_offset.update({tp: o for tp, o in committed.items() if o})
+            positions = {tp: committed.get(tp) for tp in tps}
+            unknown = [tp for tp, offset in positions.items() if offset is None]
+            # No commit yet: the group starts at the log start (auto_offset_reset "earliest").
+            starts = await self.earliest_offsets(*unknown) if unknown else {}
+            return {tp: o if o is not None else starts.get(tp) for tp, o in positions.items()}
+
+        await self._seek_quietly(tps, seek, sought=sought)
+
+    async def _seek_quietly(
+        self,
+        tps: list[TP],
+        seek: Callable[[], Awaitable[dict[TP, int | None]]],
+        sought: set[TP] | None = None,
+    ) -> None:
+        """Seek with the partitions out of every fetch: a fetch that overlaps a seek may bring
+        records from either side of it, and the ledger could not tell markers from records that
+        Faust dropped. Pause, let the fetch in flight return, seek, tell the ledger, resume."""
+        async with self._seeking:  # one at a time: each resumes only what it paused
+            paused_before = {tp for tp in tps if tp in self._paused_partitions}
+            rebalances = self._rebalances
+            for tp in tps:
+                self.ledger.seeking(tp)
+            self.pause_partitions(tps)
+            try:
+                await self._fetch_in_flight_done()
+                for tp, offset in (await seek()).items():
+                    if sought is not None:  # perform_seek: to the committed offsets
+                        self.ledger.position(tp, offset, tp in sought)
+                    elif offset is not None:
+                        self.ledger.seek(tp, offset)
+            finally:
+                # A rebalance that began meanwhile pauses everything itself, and its recovery
+                # resumes the stream partitions when the tables are back: leave them to it.
+                if self._rebalances == rebalances:
+                    assigned = self.assignment()
+                    self.resume_partitions([tp for tp in tps if tp not in paused_before and tp in assigned])
+
+    async def _fetch_in_flight_done(self, timeout_s: float = 5.0) -> None:
+        started, deadline = self._fetches_started, time.monotonic() + timeout_s
+        while self._fetches_done < started and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
 
     async def rewind(self) -> None:
         """Seek back the partitions whose next record was lost on its way (commits.py)."""
@@ -135,21 +193,52 @@ class FetchWaitConsumer(Consumer):
 
     async def rewind_stalled(self, after_s: float) -> None:
         await self._rewind(self.ledger.stalled(after_s), f"nothing taken for {after_s:g} s")
+        quiet = self.ledger.quiet(after_s)
+        if quiet:
+            self.log.debug("re-seeking %d quiet partitions to their next record", len(quiet))
+            await self._rewind(quiet, None)
 
-    async def _rewind(self, offsets: Mapping[TP, int], why: str) -> None:
+    async def _rewind(self, offsets: Mapping[TP, int], why: str | None) -> None:
         for tp, offset in offsets.items():
-            self.log.info("rewinding %s[%d] to %d: %s", tp.topic, tp.partition, offset, why)
+            if why is not None:
+                self.log.info("rewinding %s[%d] to %d: %s", tp.topic, tp.partition, offset, why)
             await self.seek(tp, offset)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self._rebalances += 1
         for tp in assigned:
             if self.app.topics.acks_enabled_for(tp.topic):
                 self.ledger.assign(tp)
         await super().on_partitions_assigned(assigned, generation_id)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self._rebalances += 1
         await super().on_partitions_revoked(revoked)  # commits what is finished first
         self.ledger.forget(revoked)
+
+    def describe(self) -> str:
+        """Per stream partition: fetching or not, and the ledger's view (SIGUSR1)."""
+        active = self._active_partitions or set()
+        lines = [f"consumer: flow {'on' if self.flow_active else 'OFF'}"]
+        for tp in sorted(self.assignment()):
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                continue
+            state = "active" if tp in active else "NOT FETCHED"
+            if tp in self._paused_partitions:
+                state += ", paused"
+            if tp in self._buffered_partitions:
+                state += ", buffer full"
+            p = self.ledger.partitions.get(tp)
+            ledger = (
+                "-"
+                if p is None
+                else (
+                    f"base {p.base} expected {p.expected} fetched {p.delivered} "
+                    f"finished {len(p.finished)} gaps {len(p.gaps)}"
+                )
+            )
+            lines.append(f"  {tp.topic}[{tp.partition}]: {state}; {ledger}")
+        return "\n".join(lines)
 
     def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
         # Faust's own ack bookkeeping decides nothing here; keep it from growing.
