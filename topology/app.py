@@ -27,7 +27,7 @@ from topology.config import Settings
 from topology.metrics import Metrics
 from topology.records import Out, partition_for
 from topology.steps import BatchResult, InRecord, Topics
-from topology.transport import FetchWaitConsumer, configure_fetch_wait
+from topology.transport import WorkerConsumer, configure_fetch_wait
 
 log = logging.getLogger("prefect_events")
 
@@ -259,9 +259,9 @@ class Worker:
             await asyncio.gather(*pending)
 
     @property
-    def consumer(self) -> FetchWaitConsumer:
+    def consumer(self) -> WorkerConsumer:
         consumer = self.app.consumer
-        assert isinstance(consumer, FetchWaitConsumer)  # configure_fetch_wait installed it
+        assert isinstance(consumer, WorkerConsumer)  # configure_fetch_wait installed it
         return consumer
 
     def ready(self) -> bool:

@@ -1,11 +1,11 @@
 """The worker's Kafka consumer: Faust's aiokafka driver with a fetch wait and a commit ledger.
 
-Commit ledger: the consumer commits what `topology.commits.CommitLedger` says is finished, not
-what Faust's streams acked (that module says why). The hooks are Faust's own consumer methods:
-``_getmany`` (what was fetched), ``seek``/``perform_seek`` and the rebalance callbacks (positions),
-``_filter_tps_with_pending_acks``/``_new_offset`` (what to commit). Faust's read-offset filter is
-switched off: it dropped records re-read after a seek (its "DROPPED MESSAGE ROFF") and made gaps
-out of a stale fetch; the ledger does both jobs per epoch.
+Commit ledger: :class:`WorkerConsumer` commits what `topology.commits.CommitLedger` says is
+finished, not what Faust's streams acked (that module says why). The hooks are Faust's own
+consumer methods: ``_getmany`` (what was fetched), ``seek``/``perform_seek`` and the rebalance
+callbacks (positions), ``_filter_tps_with_pending_acks``/``_new_offset`` (what to commit). Faust's
+read-offset filter is switched off: it dropped records re-read after a seek (its "DROPPED
+MESSAGE ROFF") and made gaps out of a stale fetch; the ledger does both jobs per epoch.
 
 Fetch wait:
 
@@ -82,7 +82,7 @@ class _NoReadOffsets(dict[TP, int | None]):
         pass
 
 
-class FetchWaitConsumer(Consumer):
+class WorkerConsumer(Consumer):
     """The driver's Consumer, running :class:`FetchWaitConsumerThread`, committing by ledger."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -118,7 +118,7 @@ class FetchWaitConsumer(Consumer):
             return
 
         async def seek() -> dict[TP, int | None]:
-            await super(FetchWaitConsumer, self).seek(partition, offset)
+            await super(WorkerConsumer, self).seek(partition, offset)
             return {partition: offset}
 
         await self._seek_quietly([partition], seek)
@@ -257,7 +257,7 @@ class FetchWaitConsumer(Consumer):
 class FetchWaitTransport(Transport):
     """The aiokafka driver's Transport with a configurable consumer fetch wait."""
 
-    Consumer: ClassVar[type[ConsumerT]] = FetchWaitConsumer
+    Consumer: ClassVar[type[ConsumerT]] = WorkerConsumer
 
     def __init__(
         self,
