@@ -186,8 +186,8 @@ class Worker:
             async for events in stream.take_events(
                 self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
             ):
-                # Faust acks a taken batch when the loop moves on, also when the agent is
-                # cancelled (SIGTERM, rebalance stop) and then commits it: finish the batch first.
+                # A cancel (SIGTERM, rebalance stop) lets the batch in hand finish, so that what
+                # it did is committed rather than replayed (commits follow the ledger).
                 batch = asyncio.ensure_future(
                     self._process(events, table, process, co_partitioned, swept)
                 )
@@ -249,7 +249,7 @@ class Worker:
         `table[key] = value` only queues the changelog record in Faust's producer buffer, and
         the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
         could then cover input whose state exists only in this process, and a SIGKILL lost it.
-        The batch is acked (and so committable) only after this returns."""
+        The batch counts as finished (and so committable, topology.commits) only after this."""
         pending = []
         for key, (partition, value) in writes.items():
             with acting_as(by_partition[partition]):
@@ -363,8 +363,8 @@ async def _finish_or_exit(name: str, batch: asyncio.Future[None]) -> None:
 
 
 def _exit_for_replay(name: str) -> None:
-    """The ack would commit a batch that failed: exit instead, and the restarted worker replays
-    it from the last commit (crash-only, as Kafka Streams does)."""
+    """A batch failed and its partitions cannot move past it: exit, and the restarted worker
+    replays it from the last commit (crash-only, as Kafka Streams does)."""
     log.critical("%s: batch failed, exiting so that it is replayed", name, exc_info=True)
     logging.shutdown()
     os._exit(70)
