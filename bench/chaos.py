@@ -868,6 +868,12 @@ class Config:
     # Tansu answers ListOffsets with the last batch's base offset + 1, so Faust's changelog
     # recovery stops short unless every record is its own batch (README, embedded broker).
     one_record_batches: bool = False
+    # The worker's fetch wait. Tansu answers a fetch with what it could read within the wait, and
+    # reading a partition of one-record batches takes longer the more batches it holds: at 10 ms a
+    # partition of 40k batches yields almost nothing per fetch, so changelog recovery and the
+    # internal hops crawl as the run grows (README, "Tansu's defects"). 100 ms is the worker's own
+    # default and serves ~160k batches per partition.
+    fetch_wait_ms: int = 100
     verbose: bool = True
 
 
@@ -1046,7 +1052,7 @@ def _env(bootstrap: str, tag: str, cfg: Config) -> dict[str, str]:
         PREFECT_EVENTS_INPUT_PARTITIONS=str(cfg.partitions),
         PREFECT_EVENTS_STORE="memory://",
         PREFECT_EVENTS_METRICS_PORT="0",
-        PREFECT_EVENTS_FETCH_MAX_WAIT_MS="10",
+        PREFECT_EVENTS_FETCH_MAX_WAIT_MS=str(cfg.fetch_wait_ms),
         PREFECT_EVENTS_LOG_LEVEL="INFO",
         PREFECT_EVENTS_LOG_FORMAT="text",
     )
@@ -1518,17 +1524,19 @@ def main(argv: Iterable[str] | None = None) -> int:
                    help="worker offset commit interval, seconds (default: the worker's)")
     p.add_argument("--session-timeout", type=float, default=None,
                    help="worker consumer group session timeout, seconds (default: the worker's)")
+    p.add_argument("--fetch-wait-ms", type=int, default=100,
+                   help="the worker's fetch wait, ms (default 100, the worker's own default)")
     p.add_argument("--out", type=Path, default=None, help="directory for inputs, logs, details")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     args = p.parse_args(list(argv) if argv is not None else None)
-    if args.messages < 100 or args.kills < 0 or args.partitions < 1:
-        p.error("--messages must be >= 100, --kills >= 0, --partitions >= 1")
+    if args.messages < 100 or args.kills < 0 or args.partitions < 1 or args.fetch_wait_ms < 0:
+        p.error("--messages must be >= 100, --kills >= 0, --partitions >= 1, --fetch-wait-ms >= 0")
     cfg = Config(
         messages=args.messages, kills=args.kills, seed=args.seed, partitions=args.partitions,
         rounds=args.rounds, rate=args.rate, rebalance=not args.no_rebalance,
         barrier_timeout_s=args.barrier_timeout, out_dir=args.out,
         commit_interval_s=args.commit_interval, session_timeout_s=args.session_timeout,
-        verbose=not args.quiet,
+        fetch_wait_ms=args.fetch_wait_ms, verbose=not args.quiet,
     )
     report = run(cfg)
     print(report.table())

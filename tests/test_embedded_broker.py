@@ -282,6 +282,49 @@ async def test_tansu_fetch_is_not_woken_by_new_data(bootstrap_servers: str) -> N
 
 @broker
 @pytest.mark.usefixtures("embedded_only")
+async def test_tansu_short_fetch_wait_starves_on_a_partition_of_many_batches(
+    bootstrap_servers: str,
+) -> None:
+    """Documents a broker defect (not in BROKER.md): a fetch returns what Tansu could read within
+    the fetch wait, and reading a partition takes longer the more batches it holds.
+
+    10k one-record batches: a 2 ms wait returns nothing at all, 100 ms returns everything. Seen
+    on larger partitions: 40k batches starve a 10 ms wait, 80k still work at 50 ms. A worker on
+    Tansu with one-record batches (what its changelog recovery needs) and a short fetch wait
+    therefore slows to a crawl as its topics grow: the chaos run at 10 ms recovered changelogs
+    at ~500 records/s. The worker's default (100 ms) serves ~160k batches per partition.
+    """
+    topic = unique("manybatches")
+    await ensure_topics(bootstrap_servers, [TopicSpec(topic, 1)])
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=1)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, b"r" * 100, partition=0) for _ in range(10_000)]
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    tp = TopicPartition(topic, 0)
+
+    async def read_within(wait_ms: int, seconds: float) -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, fetch_max_wait_ms=wait_ms)
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            count, deadline = 0, time.monotonic() + seconds
+            while count < 10_000 and time.monotonic() < deadline:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    count += len(batch)
+            return count
+        finally:
+            await consumer.stop()
+
+    assert await read_within(100, 5.0) == 10_000
+    assert await read_within(2, 3.0) == 0
+
+
+@broker
+@pytest.mark.usefixtures("embedded_only")
 async def test_tansu_idempotent_producer_fails_at_start(bootstrap_servers: str) -> None:
     """Documents a broker defect (BROKER.md 3): InitProducerId v0 is refused with UnknownError.
 
