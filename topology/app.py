@@ -80,6 +80,7 @@ class TopicNames:
         ]
 
 
+INTAKE_BATCHES = 4  # records a step may have queued, in batches: the fetch loop waits beyond
 STALL_S = 5.0  # a partition with records waiting and none taken for this long is read again
 
 TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
@@ -88,7 +89,7 @@ TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
 @contextlib.contextmanager
 def acting_as(event: Any) -> Iterator[None]:
     """Faust tables pick the store/changelog partition from the stream's current event; a batch
-    spans partitions, so each table access runs as an event of the key's own partition."""
+    spans partitions, so each table access runs as a record of the key's own partition."""
     token = _current_event.set(weakref.ref(event))
     try:
         yield
@@ -183,14 +184,20 @@ class Worker:
         co_partitioned = self.settings.input_partitions == self.settings.partitions
 
         async def agent(stream: Stream) -> None:
-            async for events in stream.take_events(
-                self.settings.batch_size, within=self.settings.batch_wait_ms / 1000
-            ):
-                # A cancel (SIGTERM, rebalance stop) lets the batch in hand finish, so that what
-                # it did is committed rather than replayed (commits follow the ledger).
-                batch = asyncio.ensure_future(
-                    self._process(events, table, process, co_partitioned, swept)
-                )
+            # Subscribes the topics (Faust's group membership and assignment follow its agents);
+            # their records go to the intake instead (topology.intake), so nothing arrives here.
+            async for _ in stream:
+                pass
+
+        self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
+
+        async def run() -> None:
+            intake = self.consumer.intake(name, topic.topics, INTAKE_BATCHES * self.settings.batch_size)
+            while True:
+                messages = await intake.take(self.settings.batch_size)
+                # A cancel (SIGTERM) lets the batch in hand finish, so that what it did is
+                # committed rather than replayed (commits follow the ledger).
+                batch = asyncio.ensure_future(self._process(messages, table, process, co_partitioned, swept))
                 try:
                     await asyncio.shield(batch)
                 except asyncio.CancelledError:
@@ -198,12 +205,14 @@ class Worker:
                     raise
                 except Exception:
                     _exit_for_replay(name)
+                finally:
+                    intake.done()
 
-        self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
+        self.app.task(run)
 
     async def _process(
         self,
-        events: Sequence[Any],
+        messages: Sequence[Any],
         table: Table,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
         co_partitioned: bool,
@@ -212,15 +221,13 @@ class Worker:
         started = time.perf_counter()
         # Each partition's records in offset order, each once (topology.commits).
         ledger = self.consumer.ledger
-        events = [e for e in events if ledger.admit(e.message.tp, e.message.offset)]
+        messages = [m for m in messages if ledger.admit(m.tp, m.offset)]
         await self.consumer.rewind()
-        if not events:
+        if not messages:
             return
         # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
         by_partition = {
-            e.message.partition: e
-            for e in events
-            if co_partitioned or not self.topics.is_raw(e.message.topic)
+            m.partition: _Source(m) for m in messages if co_partitioned or not self.topics.is_raw(m.topic)
         }
 
         def load(key: bytes, partition: int) -> bytes | None:
@@ -228,7 +235,7 @@ class Worker:
                 value: bytes | None = table.get(key)
                 return value
 
-        batch = [_record(e) for e in events]
+        batch = [_record(m) for m in messages]
         for topic, count in Counter(r.topic for r in batch if self.topics.is_raw(r.topic)).items():
             self.metrics.input(topic, count)  # raw input only: internal hops are not new messages
         result = process(self.topics, batch, load)
@@ -237,8 +244,8 @@ class Worker:
         # Outputs first, acknowledged; state after (streams.replay explains why).
         await self._publish(result.outputs)
         await self._store(table, result.writes, by_partition)
-        for e in events:
-            ledger.finish(e.message.tp, e.message.offset)
+        for m in messages:
+            ledger.finish(m.tp, m.offset)
         self._report(result, started, batch)
 
     async def _store(
@@ -382,7 +389,15 @@ def table_keys(table: Any) -> int:
     return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs.values())
 
 
-def _record(event: Any) -> InRecord:
-    m = event.message
+class _Source:
+    """What Faust's tables look up in the current event: the message it came from."""
+
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+def _record(m: Any) -> InRecord:
     timestamp_ms = None if m.timestamp is None else int(m.timestamp * 1000)
     return InRecord(m.topic, m.partition, m.offset, m.key, m.value, tuple(m.headers or ()), timestamp_ms)

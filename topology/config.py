@@ -53,7 +53,6 @@ class Settings:
     lineage_retention_days: float = 7.0
     processing_guarantee: str = "at_least_once"
     batch_size: int = field(default=500, metadata={"help": "max messages per processing batch"})
-    batch_wait_ms: int = field(default=5, metadata={"help": "max wait to fill a batch"})
     fetch_max_wait_ms: int = field(
         default=100, metadata={"help": "consumer fetch wait (Faust hard-codes 1500)"}
     )
@@ -169,7 +168,6 @@ def validate(s: Settings) -> None:
         ("replication_factor", 1, 100),
         ("standby_replicas", 0, 10),
         ("batch_size", 1, 100_000),
-        ("batch_wait_ms", 0, 60_000),
         ("fetch_max_wait_ms", 0, 60_000),
         ("producer_linger_ms", 0, 60_000),
         ("producer_max_batch_bytes", 1, 64 * 1024 * 1024),

@@ -32,18 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import faust
 from faust.transport import by_url
-from faust.transport.consumer import RecordMap, ensure_TP
+from faust.transport.consumer import CONSUMER_FETCHING, RecordMap, ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, AppT
 from faust.types.transports import ConsumerT
 from yarl import URL
 
 from topology.commits import CommitLedger
+from topology.intake import Intake
 
 __all__ = [
     "FAUST_DEFAULT_FETCH_MAX_WAIT_MS",
@@ -92,6 +93,75 @@ class WorkerConsumer(Consumer):
         self._seeking = asyncio.Lock()
         self._rebalances = 0  # revocations and assignments seen
         self._read_offset = _NoReadOffsets()
+        self.intakes: dict[str, Intake] = {}  # topic → the step that takes its records in bulk
+
+    def intake(self, name: str, topics: Iterable[str], max_records: int) -> Intake:
+        """The intake of a step reading `topics`: their records skip Faust's per-event path."""
+        intake = Intake(name, max_records)
+        for topic in topics:
+            self.intakes[topic] = intake
+        return intake
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop, handing intake topics' records over once per fetch.
+
+        Other records (changelogs, standbys, Faust's own topics) take Faust's path unchanged.
+        Faust's read offsets and gap bookkeeping are off here (the ledger does both), and so is
+        its ``commit_every`` (commits follow the ledger, on the commit interval)."""
+        callback = self.callback
+        intakes = self.intakes
+        consumer_stopped = self._stopped.is_set
+        fetcher_stopped = fetcher._stopped.is_set
+        try:
+            while not (consumer_stopped() or fetcher_stopped()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                await self.sleep(0)
+                if self.should_stop:
+                    continue
+                fetched: dict[Intake, list[Any]] = {}
+                since_yield = 0
+                async for tp, message in self.getmany(timeout=1.0):
+                    intake = intakes.get(tp.topic)
+                    if intake is not None:
+                        fetched.setdefault(intake, []).append(message)
+                        continue
+                    since_yield += 1
+                    if since_yield > 100:
+                        await asyncio.sleep(0)
+                        since_yield = 0
+                    await self.wait_first(callback(message), self.suspend_flow.wait())
+                for intake, messages in fetched.items():
+                    # Flow suspended (rebalance) while waiting for room: the records are
+                    # dropped, and the ledger rewinds their partitions when flow resumes.
+                    await self.wait_first(intake.put(messages), self.suspend_flow.wait())
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
+
+    async def wait_empty(self) -> None:
+        """Before a revocation commits, and before the worker stops: no batch in flight."""
+        await super().wait_empty()
+        for intake in set(self.intakes.values()):
+            if intake.in_flight:
+                self.log.info("waiting for the %s batch in flight", intake.name)
+            await intake.idle()
+
+    def _clear_intakes(self) -> None:
+        for intake in set(self.intakes.values()):
+            intake.clear()
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -186,6 +256,7 @@ class WorkerConsumer(Consumer):
 
     def resume_flow(self) -> None:
         # Faust calls this right after flow_control.resume() has emptied every stream queue.
+        self._clear_intakes()
         super().resume_flow()
         rewinds = self.ledger.resume()
         if rewinds:
@@ -213,6 +284,7 @@ class WorkerConsumer(Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._rebalances += 1
+        self._clear_intakes()  # as Faust clears the stream queues (flow_control.clear)
         await super().on_partitions_revoked(revoked)  # commits what is finished first
         self.ledger.forget(revoked)
 
@@ -220,6 +292,9 @@ class WorkerConsumer(Consumer):
         """Per stream partition: fetching or not, and the ledger's view (SIGUSR1)."""
         active = self._active_partitions or set()
         lines = [f"consumer: flow {'on' if self.flow_active else 'OFF'}"]
+        for intake in sorted(set(self.intakes.values()), key=lambda i: i.name):
+            flight = ", batch in flight" if intake.in_flight else ""
+            lines.append(f"  intake {intake.name}: {len(intake)} records queued{flight}")
         for tp in sorted(self.assignment()):
             if not self.app.topics.acks_enabled_for(tp.topic):
                 continue
