@@ -25,7 +25,7 @@ from topology import steps
 from topology.admin import TopicSpec
 from topology.config import Settings
 from topology.metrics import Metrics
-from topology.records import Out, partition_for
+from topology.records import Out, partition_for, partitioner
 from topology.steps import BatchResult, InRecord, Topics
 from topology.transport import WorkerConsumer, configure_fetch_wait
 
@@ -125,6 +125,7 @@ class Worker:
             producer_linger=settings.producer_linger_ms / 1000,
             producer_max_batch_size=settings.producer_max_batch_bytes,
             producer_acks=-1,
+            producer_partitioner=partitioner,
             web_enabled=False,
         )
         configure_fetch_wait(self.app, settings.fetch_max_wait_ms)

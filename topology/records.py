@@ -6,10 +6,11 @@ came from (for dead letters and replay detection) and which internal record carr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import random
+import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from aiokafka.partitioner import murmur2
+from functools import lru_cache
 
 from streams.errors import Invalid
 
@@ -57,11 +58,51 @@ class Out:
     timestamp_ms: int | None = None  # forwards keep the input's timestamp (end-to-end latency)
 
 
+_M = 0x5BD1E995
+_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (Java client's `Utils.murmur2`), as aiokafka's, twice as fast: the words
+    are unpacked in one call and every step is masked once (a test checks both agree)."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    unpack = _WORDS.get(words)
+    if unpack is None:
+        unpack = _WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+    for k in unpack(data):
+        k = (k * _M) & 0xFFFFFFFF
+        k ^= k >> 24
+        h = ((h * _M) & 0xFFFFFFFF) ^ ((k * _M) & 0xFFFFFFFF)
+    rest = length & 3
+    if rest:
+        tail = length - rest
+        if rest == 3:
+            h ^= data[tail + 2] << 16
+        if rest >= 2:
+            h ^= data[tail + 1] << 8
+        h = ((h ^ data[tail]) * _M) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _M) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+@lru_cache(maxsize=1 << 16)
 def partition_for(key: bytes, partitions: int) -> int:
     """Where a key lives: Kafka's default partitioner (murmur2), computed by us, never trusted
     from the producer. A producer that keys raw records the advised way (artifact id, flow run id)
-    with the default partitioner puts them exactly here, so they need no repartitioning hop."""
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+    with the default partitioner puts them exactly here, so they need no repartitioning hop.
+    Cached: collection keys, flow runs and assets come back again and again."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def partitioner(key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+    """The worker's producer partitioner: Kafka's default one (aiokafka's DefaultPartitioner),
+    on the functions above."""
+    if key is None:
+        return random.choice(available or all_partitions)
+    return all_partitions[partition_for(key, len(all_partitions))]
 
 
 def raw_lane(partition: int) -> str:
