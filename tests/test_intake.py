@@ -57,15 +57,35 @@ async def test_a_batch_is_in_flight_from_take_until_done() -> None:
     assert await _soon(intake.idle())
 
 
-async def test_clear_drops_what_is_queued_not_what_is_in_flight_and_makes_room() -> None:
+async def test_closing_drops_what_is_queued_not_what_is_in_flight_and_frees_the_fetch_loop() -> None:
     intake = Intake("lineage", max_records=2)
     await intake.put([1, 2])
     assert await intake.take(1) == [1]
     await intake.put([3])
     putting = asyncio.ensure_future(intake.put([4]))
     await asyncio.sleep(0)
-    assert intake.clear() == 2  # 2 and 3; 1 is in flight
+    assert intake.close() == 2  # 2 and 3; 1 is in flight
     assert intake.in_flight
-    assert await _soon(putting)
-    intake.done()
-    assert await intake.take(10) == [4]
+    assert await _soon(putting)  # woken, and its records dropped
+    assert len(intake) == 0
+
+
+async def test_a_closed_intake_hands_out_nothing_and_drops_what_arrives() -> None:
+    """A rebalance closes it before wait_empty: no batch may start after that."""
+    intake = Intake("collections", max_records=10)
+    intake.close()
+    await intake.put([1, 2])
+    assert len(intake) == 0
+    taking = asyncio.ensure_future(intake.take(10))
+    assert not await _soon(asyncio.shield(taking))
+    assert intake.reopen() == 0
+    await intake.put([3])
+    assert await asyncio.wait_for(taking, 1) == [3]
+
+
+async def test_reopening_starts_empty() -> None:
+    """Records queued before flow resumes were fetched before the seek to the committed offsets."""
+    intake = Intake("memberships", max_records=10)
+    await intake.put([1, 2, 3])
+    assert intake.reopen() == 3
+    assert len(intake) == 0

@@ -8,10 +8,12 @@ step's topics to its intake once per fetch, and the step takes them in batches. 
 (group membership, recovery, changelogs, standbys, commits) stays Faust's.
 
 What the intake keeps of Faust's contract for a stream: a bounded buffer (the fetch loop waits
-for room, and gives up when flow is suspended), cleared with the stream queues on rebalance and
-when flow resumes, and ``idle()``, which ``wait_empty`` awaits so that a batch in flight finishes
-before partitions are revoked or the worker stops. Records cleared or dropped are read again:
-the commit ledger rewinds their partitions (``topology.commits``).
+for room, and gives up when flow is suspended); closed while flow is stopped (a rebalance, a
+shutdown): it hands out no batch and drops what arrives, as Faust's flow control stops its
+streams; emptied when flow resumes (what it held was fetched before the partitions were sought
+to their committed offsets); and ``idle()``, which ``wait_empty`` awaits so that the batch in
+flight finishes before partitions are revoked or the worker stops. Records dropped are read
+again: the commit ledger rewinds their partitions when flow resumes (``topology.commits``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ class Intake:
         self._room.set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._open = asyncio.Event()
+        self._open.set()
 
     def __len__(self) -> int:
         return len(self._queued)
@@ -44,17 +48,26 @@ class Intake:
     def in_flight(self) -> bool:
         return not self._idle.is_set()
 
+    @property
+    def open(self) -> bool:
+        return self._open.is_set()
+
     async def put(self, messages: Sequence[Message]) -> None:
-        """Queue one fetch's records; waits while the intake is full (backpressure)."""
-        while len(self._queued) >= self.max_records:
+        """Queue one fetch's records; waits while the intake is full (backpressure). Dropped
+        while the intake is closed."""
+        while len(self._queued) >= self.max_records and self.open:
             self._room.clear()
             await self._room.wait()
-        self._queued.extend(messages)
-        self._arrived.set()
+        if self.open:
+            self._queued.extend(messages)
+            self._arrived.set()
 
     async def take(self, limit: int) -> list[Message]:
         """The next batch (at most `limit` records); it is in flight until `done()`."""
-        while not self._queued:
+        while not (self._queued and self.open):
+            if not self.open:
+                await self._open.wait()
+                continue
             self._arrived.clear()
             await self._arrived.wait()
         queued = self._queued
@@ -67,11 +80,21 @@ class Intake:
     def done(self) -> None:
         self._idle.set()
 
-    def clear(self) -> int:
-        """Drop what is queued (not what is in flight); returns how many records."""
+    def close(self) -> int:
+        """Flow stopped: hand out nothing, take nothing; drops what is queued (returns how many)."""
+        self._open.clear()
+        return self._clear()
+
+    def reopen(self) -> int:
+        """Flow resumes: start empty (returns how many stale records were dropped)."""
+        dropped = self._clear()
+        self._open.set()
+        return dropped
+
+    def _clear(self) -> int:
         dropped = len(self._queued)
         self._queued.clear()
-        self._room.set()
+        self._room.set()  # a put waiting for room wakes up and drops its records
         return dropped
 
     async def idle(self) -> None:

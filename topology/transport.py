@@ -159,9 +159,14 @@ class WorkerConsumer(Consumer):
                 self.log.info("waiting for the %s batch in flight", intake.name)
             await intake.idle()
 
-    def _clear_intakes(self) -> None:
+    def stop_flow(self) -> None:
+        # Faust stops its streams here (rebalance, shutdown); the intakes close with them.
+        self._close_intakes()
+        super().stop_flow()
+
+    def _close_intakes(self) -> None:
         for intake in set(self.intakes.values()):
-            intake.clear()
+            intake.close()
 
     def _new_consumer_thread(self) -> AIOKafkaConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -256,7 +261,8 @@ class WorkerConsumer(Consumer):
 
     def resume_flow(self) -> None:
         # Faust calls this right after flow_control.resume() has emptied every stream queue.
-        self._clear_intakes()
+        for intake in set(self.intakes.values()):
+            intake.reopen()
         super().resume_flow()
         rewinds = self.ledger.resume()
         if rewinds:
@@ -284,7 +290,9 @@ class WorkerConsumer(Consumer):
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self._rebalances += 1
-        self._clear_intakes()  # as Faust clears the stream queues (flow_control.clear)
+        # Before anything else: no batch may start once a revocation has begun (wait_empty
+        # waits only for the one in flight), and records fetched now are dropped.
+        self._close_intakes()
         await super().on_partitions_revoked(revoked)  # commits what is finished first
         self.ledger.forget(revoked)
 
