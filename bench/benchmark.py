@@ -302,12 +302,19 @@ async def first_timestamp(bs: str, topics: list[str]) -> int | None:
 # --- the worker process ---------------------------------------------------------------------------
 
 
+# The worker's fetch wait. 100 ms (its default) for throughput and state: on Tansu a shorter one
+# starves on partitions of many batches (README, "Tansu's defects"), and the 1M-key fill crawled
+# to a stop at 10 ms. The latency phase uses 10 ms on its fresh, small topics (a hop adds <= W/2).
+FETCH_WAIT_MS = 100
+LATENCY_FETCH_WAIT_MS = 10
+
+
 class WorkerProc:
     """One `prefect-events worker` subprocess with its own topics, store and log."""
 
     def __init__(self, bs: str, names: Names, store: str, data_dir: Path, log_dir: Path,
                  tag: str, *, extra_patches: tuple[str, ...] = (),
-                 extra_env: dict[str, str] | None = None):
+                 extra_env: dict[str, str] | None = None, fetch_wait_ms: int = FETCH_WAIT_MS):
         self.log_path = log_dir / f"worker-{tag}.log"
         env = {
             **os.environ,
@@ -315,7 +322,7 @@ class WorkerProc:
             "PREFECT_EVENTS_STORE": store,
             "PREFECT_EVENTS_DATA_DIR": str(data_dir),
             "PREFECT_EVENTS_METRICS_PORT": "0",
-            "PREFECT_EVENTS_FETCH_MAX_WAIT_MS": "10",
+            "PREFECT_EVENTS_FETCH_MAX_WAIT_MS": str(fetch_wait_ms),
             "PREFECT_EVENTS_LOG_LEVEL": "INFO",  # the default; WARNING turns on Faust's spinner
             **names.env(),
             **(extra_env or {}),
@@ -551,7 +558,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
     await collector.start()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-latency-data-"))
     worker = WorkerProc(bs, names, "rocksdb://", data_dir, log_dir, names.prefix,
-                        extra_patches=extra_patches)
+                        extra_patches=extra_patches, fetch_wait_ms=LATENCY_FETCH_WAIT_MS)
     gen = wl.Generator(seed=11)
     keys = 5000
     p = producer(bs)
