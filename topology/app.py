@@ -80,7 +80,7 @@ class TopicNames:
         ]
 
 
-INTAKE_BATCHES = 4  # records a step may have queued, in batches: the fetch loop waits beyond
+INTAKE_BATCHES = 4  # a step's intake holds this many batches; beyond it, the fetch loop waits
 STALL_S = 5.0  # a partition with records waiting and none taken for this long is read again
 
 TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")

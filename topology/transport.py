@@ -1,4 +1,5 @@
-"""The worker's Kafka consumer: Faust's aiokafka driver with a fetch wait and a commit ledger.
+"""The worker's Kafka consumer: Faust's aiokafka driver with a fetch wait, a commit ledger and
+the steps' intakes (``topology.intake``: a step's records handed over a fetch at a time).
 
 Commit ledger: :class:`WorkerConsumer` commits what `topology.commits.CommitLedger` says is
 finished, not what Faust's streams acked (that module says why). The hooks are Faust's own
