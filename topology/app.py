@@ -227,9 +227,8 @@ class Worker:
         if not messages:
             return
         # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
-        by_partition = {
-            m.partition: _Source(m) for m in messages if co_partitioned or not self.topics.is_raw(m.topic)
-        }
+        last = {m.partition: m for m in messages if co_partitioned or not self.topics.is_raw(m.topic)}
+        by_partition = {partition: _Source(m) for partition, m in last.items()}
 
         def load(key: bytes, partition: int) -> bytes | None:
             with acting_as(by_partition[partition]):
