@@ -199,8 +199,10 @@ class Collector:
     """Consumes output topics from the beginning and counts what arrives (and when)."""
 
     def __init__(self, bs: str, topics: list[str], *, parse_occurred: bool = False,
-                 keep_timestamps: bool = False) -> None:
+                 keep_timestamps: bool = False, fetch_wait_ms: int | None = None) -> None:
         self.bs, self.topics = bs, topics
+        # Like the worker's (see FETCH_WAIT_MS): shorter starves on Tansu's many-batch partitions.
+        self.fetch_wait_ms = FETCH_WAIT_MS if fetch_wait_ms is None else fetch_wait_ms
         self.parse_occurred = parse_occurred
         self.keep_timestamps = keep_timestamps
         self.count = 0
@@ -219,7 +221,7 @@ class Collector:
         """From the beginning, or (`from_end`) from what the topics hold now: only new events."""
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bs, group_id=None, enable_auto_commit=False,
-            auto_offset_reset="earliest", fetch_max_wait_ms=10,
+            auto_offset_reset="earliest", fetch_max_wait_ms=self.fetch_wait_ms,
         )
         await self._consumer.start()
         tps = [TopicPartition(t, p) for t in self.topics for p in range(PARTITIONS)]
@@ -303,7 +305,7 @@ async def first_timestamp(bs: str, topics: list[str]) -> int | None:
     """Smallest record timestamp at the start of `topics`: when the worker began emitting (routed
     records keep their input timestamps, so they cannot tell)."""
     c = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
-                         fetch_max_wait_ms=10)
+                         fetch_max_wait_ms=FETCH_WAIT_MS)
     await c.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
@@ -576,7 +578,8 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
                         extra_patches: tuple[str, ...], tag: str) -> dict[str, Any]:
     names = Names(f"bench-latency-{tag}")
     await create_topics(bs, [*names.raw.values(), *names.outputs])
-    collector = Collector(bs, names.outputs, parse_occurred=True)
+    collector = Collector(bs, names.outputs, parse_occurred=True,
+                          fetch_wait_ms=LATENCY_FETCH_WAIT_MS)
     await collector.start()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-latency-data-"))
     worker = WorkerProc(bs, names, "rocksdb://", data_dir, log_dir, names.prefix,
