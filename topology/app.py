@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaProducer
 from faust.streams import _current_event
 
 from topology import steps
 from topology.admin import TopicSpec
 from topology.config import Settings
 from topology.metrics import Metrics
+from topology.publish import Lane, publish
 from topology.records import Out, partition_for, partitioner
 from topology.steps import BatchResult, InRecord, Topics
 from topology.transport import WorkerConsumer, configure_fetch_wait
@@ -253,17 +255,31 @@ class Worker:
     ) -> None:
         """Write the batch's state and wait until its changelog records are acknowledged.
 
-        `table[key] = value` only queues the changelog record in Faust's producer buffer, and
+        Faust's `table[key] = value` only queues the changelog record in its producer buffer, and
         the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
         could then cover input whose state exists only in this process, and a SIGKILL lost it.
         The batch counts as finished (and so committable, topology.commits) only after this."""
-        pending = []
         for key, (partition, value) in writes.items():
             with acting_as(by_partition[partition]):
                 table.data[key] = value
-            pending.append(table.send_changelog(partition, key, value))
-        if pending:
-            await asyncio.gather(*pending)
+        await self._write_changelog(
+            table, [(key, partition, value) for key, (partition, value) in writes.items()]
+        )
+
+    async def _write_changelog(self, table: Table, records: list[tuple[bytes, int, bytes | None]]) -> None:
+        """Publish table changes (None: a deletion) and record, as Faust's own changelog callback
+        does, the last offset written per partition: a kept RocksDB store resumes from there."""
+        topic = table.changelog_topic.get_topic_name()
+        written = await self._publish(
+            [Out(topic, key, value, [], partition) for key, partition, value in records]
+        )
+        store: Any = table.data
+        for (_, partition), offset in written.items():
+            tp = faust.types.TP(topic, partition)
+            if self.app.in_transaction:
+                self.app.tables.persist_offset_on_commit(store, tp, offset)
+            else:
+                store.set_persisted_offset(tp, offset)
 
     @property
     def consumer(self) -> WorkerConsumer:
@@ -278,12 +294,15 @@ class Worker:
 
     # --- I/O --------------------------------------------------------------------------------------
 
-    async def _publish(self, outputs: list[Out]) -> None:
-        """Send every record of a batch and wait until the broker has acknowledged all of them."""
+    async def _publish(self, outputs: list[Out]) -> dict[Lane, int]:
+        """Send every record of a batch and wait until the broker has acknowledged all of them;
+        the offset of the last record per partition."""
         if not outputs:
-            return
-        # Under exactly_once, Faust's transaction manager picks the transactional producer.
-        producer = self.app.consumer.transactions if self.app.in_transaction else self.app.producer
+            return {}
+        if not self.app.in_transaction:
+            return await publish(self._kafka_producer, outputs)
+        # exactly_once: Faust's transaction manager picks each partition's transactional producer.
+        producer = self.app.consumer.transactions
         pending = [
             await producer.send(
                 o.topic,
@@ -295,7 +314,13 @@ class Worker:
             )
             for o in outputs
         ]
-        await asyncio.gather(*pending)
+        return {(m.topic, m.partition): m.offset for m in await asyncio.gather(*pending)}
+
+    @property
+    def _kafka_producer(self) -> AIOKafkaProducer:
+        producer = self.app.producer._producer  # type: ignore[attr-defined]  # Faust's aiokafka one
+        assert producer is not None, "the app's producer is not started"
+        return producer
 
     def _report(self, result: BatchResult, started: float, batch: Sequence[InRecord]) -> None:
         m = self.metrics
@@ -353,11 +378,11 @@ class Worker:
         ):
             keys = expired(_items_of(table), self.watermarks[name], retention)
             for key in keys:
-                table.send_changelog(
-                    partition_for(key, self.settings.partitions), key, None, value_serializer="raw"
-                )
                 with contextlib.suppress(KeyError):
                     del table.data[key]
+            await self._write_changelog(
+                table, [(key, partition_for(key, self.settings.partitions), None) for key in keys]
+            )
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
 

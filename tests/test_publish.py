@@ -1,0 +1,112 @@
+"""topology.publish: a batch's records reach the broker whole, in order per partition, where Kafka's
+default partitioner would put them, and the returned offsets are the last ones written."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from topology.admin import TopicSpec, ensure_topics
+from topology.publish import publish
+from topology.records import Out
+
+pytestmark = pytest.mark.broker
+PARTITIONS = 3
+
+
+async def read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(PARTITIONS)])
+        records: list[Any] = []
+        async with asyncio.timeout(15):
+            while len(records) < count:
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(batch)
+        return records
+    finally:
+        await consumer.stop()
+
+
+async def published(
+    bootstrap: str, outputs: list[Out], max_batch_size: int
+) -> tuple[dict[Any, int], list[Any]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=max_batch_size, acks=-1)
+    await producer.start()
+    try:
+        last = await publish(producer, outputs)
+    finally:
+        await producer.stop()
+    return last, await read_all(bootstrap, outputs[0].topic, len(outputs))
+
+
+@pytest.fixture
+async def topic(bootstrap_servers: str) -> str:
+    name = f"publish-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(bootstrap_servers, [TopicSpec(name, PARTITIONS, 1)])
+    return name
+
+
+@pytest.mark.parametrize("max_batch_size", [1, 300, 16384], ids=["one-per-batch", "small", "default"])
+async def test_every_record_arrives_in_order_per_partition(
+    bootstrap_servers: str, topic: str, max_batch_size: int
+) -> None:
+    outputs = [
+        Out(
+            topic,
+            f"key-{i % 7}".encode(),
+            f"value-{i}".encode(),
+            [("n", str(i).encode())],
+            None,
+            1_700_000_000_000 + i,
+        )
+        for i in range(60)
+    ]
+    last, records = await published(bootstrap_servers, outputs, max_batch_size)
+
+    expected: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]], int]]] = defaultdict(list)
+    partitioner = DefaultPartitioner()
+    for o in outputs:
+        assert o.key is not None and o.value is not None and o.timestamp_ms is not None
+        expected[partitioner(o.key, list(range(PARTITIONS)), list(range(PARTITIONS)))].append(
+            (o.key, o.value, o.headers, o.timestamp_ms)
+        )
+    got: dict[int, list[tuple[bytes, bytes, list[tuple[str, bytes]], int]]] = defaultdict(list)
+    for r in sorted(records, key=lambda r: (r.partition, r.offset)):
+        got[r.partition].append((r.key, r.value, list(r.headers), r.timestamp))
+    assert got == expected
+    assert last == {(topic, p): len(values) - 1 for p, values in expected.items()}
+
+
+async def test_explicit_partitions_are_kept(bootstrap_servers: str, topic: str) -> None:
+    outputs = [Out(topic, b"k", b"first", [], 2), Out(topic, b"k", b"second", [], 2)]
+    last, records = await published(bootstrap_servers, outputs, 16384)
+
+    assert [(r.partition, r.offset, r.value) for r in records] == [(2, 0, b"first"), (2, 1, b"second")]
+    assert last == {(topic, 2): 1}
+
+
+async def test_a_keyless_record_goes_to_some_partition(bootstrap_servers: str, topic: str) -> None:
+    last, records = await published(bootstrap_servers, [Out(topic, None, b"anywhere", [])], 16384)
+
+    [record] = records
+    assert (record.key, record.value, record.offset) == (None, b"anywhere", 0)
+    assert last == {(topic, record.partition): 0}
+
+
+async def test_nothing_to_publish_sends_nothing(bootstrap_servers: str) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers)
+    await producer.start()
+    try:
+        assert await publish(producer, []) == {}
+    finally:
+        await producer.stop()

@@ -1,0 +1,66 @@
+"""Publishing a batch's records: one producer batch per topic partition, one future per batch.
+
+aiokafka's `send` costs a future, a partition look-up and an accumulator append per record, and
+the worker produces 3-5 records per input (events, forwards, changelog records): a fifth of its
+CPU went there. Here records are grouped by partition (order within a partition kept), appended
+to `BatchBuilder`s (one C call each) and submitted with `send_batch`. The producer's batch size
+still bounds a batch, so `producer_max_batch_bytes=1` keeps one record per batch where the
+embedded broker needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from topology.records import Out, partition_for
+
+Lane = tuple[str, int]  # (topic, partition)
+
+
+async def publish(producer: AIOKafkaProducer, outputs: Sequence[Out]) -> dict[Lane, int]:
+    """Send `outputs` and wait until the broker has acknowledged every one of them.
+
+    A record without a partition goes where Kafka's default partitioner would put it (murmur2 of
+    its key; a keyless one anywhere). Returns the offset of the last record written to each
+    partition (a changelog's persisted offset)."""
+    lanes: dict[Lane, list[Out]] = {}
+    partition_counts: dict[str, int] = {}
+    for out in outputs:
+        partition = out.partition
+        if partition is None:
+            count = partition_counts.get(out.topic)
+            if count is None:
+                count = partition_counts[out.topic] = len(await producer.partitions_for(out.topic))
+            partition = random.randrange(count) if out.key is None else partition_for(out.key, count)
+        records = lanes.get((out.topic, partition))
+        if records is None:
+            lanes[(out.topic, partition)] = [out]
+        else:
+            records.append(out)
+    sent: list[tuple[Lane, int, asyncio.Future[Any]]] = []
+    for (topic, partition), records in lanes.items():
+        i = 0
+        while i < len(records):  # as many batches as the producer's batch size needs
+            batch, first = producer.create_batch(), i
+            while i < len(records) and _append(batch, records[i]):
+                i += 1  # the first record always fits an empty batch
+            batch.close()  # complete: no linger, it leaves with the next request
+            future = await producer.send_batch(batch, topic, partition=partition)
+            sent.append(((topic, partition), i - first, future))
+    written = await asyncio.gather(*(future for _, _, future in sent))
+    last: dict[Lane, int] = {}
+    for (lane, count, _), metadata in zip(sent, written, strict=True):
+        last[lane] = metadata.offset + count - 1
+    return last
+
+
+def _append(batch: Any, out: Out) -> bool:
+    return (
+        batch.append(key=out.key, value=out.value, timestamp=out.timestamp_ms, headers=out.headers)
+        is not None
+    )
