@@ -145,7 +145,13 @@ class Worker:
     def _table(self, name: str) -> Table:
         # Faust derives store and changelog codecs from key_type/value_type (bytes → raw); a
         # schema alone would leave them json, and recovered values would come back as dicts.
-        return self.app.Table(name, partitions=self.settings.partitions, key_type=bytes, value_type=bytes)
+        return self.app.Table(
+            name,
+            partitions=self.settings.partitions,
+            key_type=bytes,
+            value_type=bytes,
+            options=rocksdb_options(self.settings),
+        )
 
     def _wire(self) -> None:
         s, t = self.settings, self.topics
@@ -412,6 +418,17 @@ def table_keys(table: Any) -> int:
     if dbs is None:
         return len(store)
     return sum(int(db.property_int_value("rocksdb.estimate-num-keys") or 0) for db in dbs.values())
+
+
+def rocksdb_options(settings: Settings) -> dict[str, int]:
+    """Memory of one RocksDB store (one per table partition). Faust's defaults are sized for a
+    machine of its own: 64 MB write buffers, up to 3 of them, and a 2 GB block cache, per store;
+    with 3 tables x 4 partitions a worker's RSS grew with its keys to over 500 MB at 312k keys."""
+    return {
+        "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
+        "max_write_buffer_number": 2,
+        "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
+    }
 
 
 class _Source:

@@ -49,6 +49,12 @@ class Settings:
         default="rocksdb://", metadata={"help": "table store: rocksdb:// (production) or memory://"}
     )
     data_dir: str = field(default="./data", metadata={"help": "where RocksDB tables live"})
+    rocksdb_write_buffer_mb: int = field(
+        default=8, metadata={"help": "RocksDB write buffer per table partition (2 at most)"}
+    )
+    rocksdb_block_cache_mb: int = field(
+        default=16, metadata={"help": "RocksDB block cache per table partition"}
+    )
     standby_replicas: int = 0
     lineage_retention_days: float = 7.0
     processing_guarantee: str = "at_least_once"
@@ -172,6 +178,8 @@ def validate(s: Settings) -> None:
         ("producer_linger_ms", 0, 60_000),
         ("producer_max_batch_bytes", 1, 64 * 1024 * 1024),
         ("metrics_port", 0, 65_535),
+        ("rocksdb_write_buffer_mb", 1, 4096),
+        ("rocksdb_block_cache_mb", 1, 65_536),
     ):
         value = getattr(s, name)
         if not low <= value <= high:
