@@ -234,6 +234,10 @@ class Worker:
         await self.consumer.rewind()
         if not messages:
             return
+        # Faust's stall check reads this per partition; its streams set it, the intakes bypass them.
+        inbound, now = self.app.monitor.stream_inbound_time, time.monotonic()
+        for m in messages:
+            inbound[m.tp] = now
         # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
         last = {m.partition: m for m in messages if co_partitioned or not self.topics.is_raw(m.topic)}
         by_partition = {partition: _Source(m) for partition, m in last.items()}
