@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from streams import collection, lineage, membership
+from streams.artifacts import Version
 from streams.collection import Collection
 from streams.envelope import Event
 from streams.errors import Invalid
@@ -35,6 +36,7 @@ class Outcome:
 class ArtifactPipeline:
     memberships: dict[str, Membership] = field(default_factory=dict)
     collections: dict[str, Collection] = field(default_factory=dict)
+    versions: dict[str, Version] = field(default_factory=dict)  # collection members, by artifact id
 
     def process(self, raw: bytes) -> Outcome:
         try:
@@ -43,10 +45,14 @@ class ArtifactPipeline:
             events = list(step.events)
             if step.forward_to is not None:
                 key = step.forward_to
-                coll_step = collection.apply(self.collections.get(key), key, op, raw)
+                coll_step = collection.apply(
+                    self.collections.get(key), key, op, raw, self.versions.__getitem__
+                )
                 events.extend(coll_step.events)
                 if coll_step.changed:
                     _put(self.collections, key, coll_step.collection)
+                for artifact_id, version in coll_step.versions.items():
+                    _put(self.versions, artifact_id, version)
         except Invalid as exc:
             return Outcome(dead_letter=exc)
         if step.changed:

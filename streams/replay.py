@@ -5,7 +5,10 @@ partition 3), the offsets of the last messages it absorbed. The worker publishes
 outputs and waits for the broker to acknowledge them *before* it writes the batch's state, and
 every message touches exactly one state record. So after a crash, a replayed message either finds
 its record without its offset (state as it was before the message: the same events are computed
-again, byte-identical) or with it (its outputs are already out: skip it).
+again, byte-identical) or with it (its outputs are already out: skip it). Collections keep their
+members' versions in records of their own, which the marks do not cover: they are written before
+the collection record and forgotten after it (topology.steps.BatchResult), so either way the
+replay reads what the first run read.
 
 Exact offsets rather than a high-water mark: around restarts and rebalances a consumer can be
 handed a partition's records out of order (later ones first); a high-water mark would then take

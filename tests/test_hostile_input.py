@@ -269,5 +269,7 @@ def test_random_operation_sequences_keep_latest_the_max_of_live_members(ops):
             coll = pipeline.collections[key]
             assert set(coll.members) == set(members)
             assert coll.latest == max(members.values())[1]
-            assert coll.latest == max(coll.members.values(), key=lambda v: v.rank).id
+            assert coll.latest == max(coll.members, key=coll.rank)
+        # a version record for every live member, and none left behind
+        assert set(pipeline.versions) == {aid for members in live.values() for aid in members}
 

@@ -11,6 +11,7 @@ import copy
 import json
 from collections import Counter
 
+import orjson
 import pytest
 import spec_helpers as h
 
@@ -163,9 +164,15 @@ class Table(dict):
     def load(self, key, partition):
         return self.get(key)
 
-    def write(self, result):
-        for key, (_, value) in result.writes.items():
-            self[key] = value
+    def write(self, result, phases=("before", "writes", "after")):
+        """A batch's state, in the worker's order; a crash can stop it after any phase."""
+        if "before" in phases:
+            self.update({key: value for key, (_, value) in result.writes_before.items()})
+        if "writes" in phases:
+            self.update({key: value for key, (_, value) in result.writes.items()})
+        if "after" in phases:
+            for key in result.deletes_after:
+                self.pop(key, None)
 
 
 def _check_dead_letter(out, record, code):
@@ -330,6 +337,51 @@ def test_replay_before_state_was_written_gives_byte_identical_outputs(step):
     assert second.outputs == first.outputs  # topic, key, value bytes, headers, partition
     assert second.writes == first.writes
     assert second.replays_skipped == 0
+
+
+COLLECTION_HISTORY = [
+    h.create(V1, at=0, data="one"),
+    h.create(V2, at=1, data="two", task_run_id=h.uid(0x71)),
+]
+COLLECTION_CHANGES = [
+    h.update(V1, {"data": "one, patched"}, at=2),
+    h.delete(V2, at=3),  # the latest: V1 (patched) becomes the latest again
+]
+
+
+@pytest.mark.parametrize(
+    ("written", "replayed"),
+    [
+        pytest.param(("before",), "applied again", id="member-versions-only"),
+        pytest.param(("before", "writes"), "skipped", id="collection-but-not-forgotten-versions"),
+    ],
+)
+def test_a_crash_between_a_collection_batchs_state_writes_replays_exactly(written, replayed):
+    """Member versions are durable before their collection record and forgotten after it, so a
+    replay after a crash between the writes finds what the first run read (streams.replay)."""
+    records = _by_key(COLLECTION_HISTORY + COLLECTION_CHANGES)
+    history, batch = records[: len(COLLECTION_HISTORY)], records[len(COLLECTION_HISTORY) :]
+    table = Table()
+    table.write(_collections(history, table))
+    first = _collections(batch, table)
+    [event] = first.outputs
+    assert dict(event.headers)["prefect-event"] == b"prefect.artifact-collection.updated"
+    assert orjson.loads(event.value)["payload"]["data"] == "one, patched"
+    assert set(first.writes_before) == {steps.version_key(V1)}
+    assert set(first.deletes_after) == {steps.version_key(V2)}
+    table.write(first, written)
+
+    second = _collections(batch, table)
+    if replayed == "applied again":
+        assert second.outputs == first.outputs
+        assert (second.writes_before, second.writes, second.deletes_after) == (
+            first.writes_before,
+            first.writes,
+            first.deletes_after,
+        )
+    else:
+        assert second.outputs == [] and second.replays_skipped == len(batch)
+        assert steps.version_key(V2) in table  # left behind: nothing refers to it any more
 
 
 def test_replayed_updates_are_skipped_once_handed_on():

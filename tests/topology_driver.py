@@ -83,8 +83,11 @@ class Driver:
             result = process(batch, lambda key, _partition, table=table: table.get(key))
             for out in result.outputs:
                 self._append(out)
-            for key, (_partition, value) in result.writes.items():
-                table[key] = value
+            for writes in (result.writes_before, result.writes):
+                for key, (_partition, value) in writes.items():
+                    table[key] = value
+            for key in result.deletes_after:
+                table.pop(key, None)
 
     def events(self, topic: str) -> list[bytes]:
         return [r.value or b"" for (name, _), log in sorted(self.logs.items()) if name == topic for r in log]

@@ -14,7 +14,7 @@ import os
 import time
 import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,23 +255,31 @@ class Worker:
             self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
         # Outputs first, acknowledged; state after (streams.replay explains why).
         await self._publish(result.outputs)
+        await self._store(table, result.writes_before, by_partition)
         await self._store(table, result.writes, by_partition)
+        await self._store(table, {k: (p, None) for k, p in result.deletes_after.items()}, by_partition)
         for m in messages:
             ledger.finish(m.tp, m.offset)
         self._report(result, started, batch)
 
     async def _store(
-        self, table: Table, writes: dict[bytes, tuple[int, bytes]], by_partition: dict[int, Any]
+        self, table: Table, writes: Mapping[bytes, tuple[int, bytes | None]], by_partition: dict[int, Any]
     ) -> None:
-        """Write the batch's state and wait until its changelog records are acknowledged.
+        """Write state (None: delete) and wait until its changelog records are acknowledged.
 
         Faust's `table[key] = value` only queues the changelog record in its producer buffer, and
         the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
         could then cover input whose state exists only in this process, and a SIGKILL lost it.
         The batch counts as finished (and so committable, topology.commits) only after this."""
+        if not writes:
+            return
         for key, (partition, value) in writes.items():
             with acting_as(by_partition[partition]):
-                table.data[key] = value
+                if value is not None:
+                    table.data[key] = value
+                else:
+                    with contextlib.suppress(KeyError):
+                        del table.data[key]
         await self._write_changelog(
             table, [(key, partition, value) for key, (partition, value) in writes.items()]
         )

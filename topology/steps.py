@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from streams import collection, lineage, membership, replay
+from streams.artifacts import Version
 from streams.collection import Collection
 from streams.envelope import Event
 from streams.errors import Invalid
@@ -74,6 +75,11 @@ class Stamped:
 class BatchResult:
     outputs: list[Out] = field(default_factory=list)
     writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # key → (partition, value)
+    # Records that `writes` refer to (collection members' versions): durable before `writes`, so
+    # a message skipped as a replay (streams.replay) finds them; and deleted only once `writes`
+    # are durable, so a message applied again finds what it read the first time.
+    writes_before: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
+    deletes_after: dict[bytes, int] = field(default_factory=dict)  # key → partition
     emitted: Counter[str] = field(default_factory=Counter)
     dead_letters: list[tuple[Source, Invalid]] = field(default_factory=list)
     unknown_deletes: int = 0
@@ -333,11 +339,32 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
 
 
 def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
+    """Collections by key, and their members' versions in records of their own (`version_key`),
+    in the collection key's partition."""
+    versions: dict[str, tuple[int, Version | None]] = {}  # this batch's, by artifact id
+
+    def version_of(key: bytes, partition: int) -> collection.VersionOf:
+        def get(artifact_id: str) -> Version:
+            if artifact_id in versions:
+                version = versions[artifact_id][1]
+            else:
+                raw = load(version_key(artifact_id), partition)
+                version = (
+                    None if raw is None else collection.version_from_json(artifact_id, orjson.loads(raw))
+                )
+            if version is None:  # written before its collection, forgotten after: cannot happen
+                raise LookupError(f"collection {key!r}: no version of its member {artifact_id}")
+            return version
+
+        return get
+
     def apply(current: Collection | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
-        step = collection.apply(current, key.decode(), op, raw)
+        step = collection.apply(current, key.decode(), op, raw, version_of(key, record.partition))
+        for artifact_id, version in step.versions.items():
+            versions[artifact_id] = (record.partition, version)
         return Applied(step.collection, step.changed, step.events)
 
-    return _apply_keyed(
+    result = _apply_keyed(
         topics,
         batch,
         load,
@@ -350,6 +377,19 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         apply=apply,
         route=_stay,
     )
+    for artifact_id, (partition, version) in versions.items():
+        if version is None:
+            result.deletes_after[version_key(artifact_id)] = partition
+        else:
+            value = orjson.dumps(collection.version_to_json(version))
+            result.writes_before[version_key(artifact_id)] = (partition, value)
+    return result
+
+
+def version_key(artifact_id: str) -> bytes:
+    """A member's version record, beside the collections in their table: 0xFF never occurs in
+    UTF-8, so it cannot collide with a collection key."""
+    return b"\xff" + artifact_id.encode()
 
 
 # --- assets: flow run → lineage ---------------------------------------------------------------
