@@ -1,11 +1,19 @@
-"""The worker's tables: RocksDB stores sized by the settings, not by Faust's 2 GB-per-store defaults."""
+"""The worker's tables: RocksDB stores sized by the settings, not by Faust's 2 GB-per-store defaults,
+and read and written by partition (topology.store)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from topology import config
 from topology.app import Worker
+from topology.records import partition_for
+from topology.steps import Stamped
+from topology.store import LocalStore
 
 
 def test_every_table_store_gets_the_configured_memory(tmp_path: Path) -> None:
@@ -32,3 +40,63 @@ def test_every_table_store_gets_the_configured_memory(tmp_path: Path) -> None:
 def test_defaults_bound_a_store_to_tens_of_megabytes() -> None:
     settings = config.load(environ={})
     assert (settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb) == (8, 16)
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+def test_the_steps_read_what_they_wrote_per_partition_and_faust_reads_it_too(
+    tmp_path: Path, store: str
+) -> None:
+    settings = config.load({"store": store, "data_dir": str(tmp_path)}, environ={})
+    table = Worker(settings).collections
+    local = LocalStore(table)
+
+    local.write({b"a": (0, b"1"), b"b": (3, b"2"), b"gone": (3, b"3")})
+    local.write({b"b": (3, b"22"), b"gone": (3, None), b"never": (1, None)})
+
+    assert [local.get(key, partition) for key, partition in ((b"a", 0), (b"b", 3), (b"gone", 3))] == [
+        b"1",
+        b"22",
+        None,
+    ]
+    # Faust's own look-up (no current event: it searches every partition's database) sees the
+    # same state.
+    assert [table.data.get(key) for key in (b"a", b"b", b"gone", b"never")] == [b"1", b"22", None, None]
+
+
+def test_rocksdb_keeps_each_key_in_its_partitions_database(tmp_path: Path) -> None:
+    settings = config.load({"store": "rocksdb://", "data_dir": str(tmp_path)}, environ={})
+    table = Worker(settings).collections
+    local = LocalStore(table)
+
+    local.write({b"a": (0, b"1"), b"b": (3, b"2")})
+
+    databases: Any = table.data._dbs  # type: ignore[attr-defined]
+    assert {partition: dict(db.items()) for partition, db in databases.items()} == {
+        0: {b"a": b"1"},
+        3: {b"b": b"2"},
+    }
+    assert local.get(b"a", 3) is None  # a key is looked up in its own partition only
+
+
+def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(tmp_path: Path) -> None:
+    """Worker.sweep's own part: the expired keys deleted from the store and handed on as
+    changelog deletions in their partitions (publishing is the broker tests' business)."""
+    settings = config.load({"store": "memory://", "lineage_retention_days": 7}, environ={})
+    worker = Worker(settings)
+    day_us = 86_400_000_000
+    silent = Stamped({}, {"last_seen_us": 1 * day_us, "passes_on": {}}).dump()
+    recent = Stamped({}, {"last_seen_us": 5 * day_us, "passes_on": {}}).dump()
+    LocalStore(worker.lineage).write(
+        {b"silent": (partition_for(b"silent", 4), silent), b"recent": (0, recent)}
+    )
+    worker.watermarks["flow runs"] = 9 * day_us
+    changelog: list[tuple[str, list[tuple[bytes, int, bytes | None]]]] = []
+
+    async def write_changelog(table: Any, records: list[tuple[bytes, int, bytes | None]]) -> None:
+        changelog.append((table.name, records))
+
+    worker._write_changelog = write_changelog  # type: ignore[method-assign]
+    asyncio.run(worker.sweep())
+
+    assert dict(worker.lineage.data.items()) == {b"recent": recent}
+    assert changelog == [("flow-run-lineage", [(b"silent", partition_for(b"silent", 4), None)])]

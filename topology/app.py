@@ -8,19 +8,16 @@ raw task results ──route──▶ task-results-by-flow-run ──lineage─�
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
-import weakref
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from faust.streams import _current_event
 
 from topology import steps
 from topology.admin import TopicSpec
@@ -29,6 +26,7 @@ from topology.metrics import Metrics
 from topology.publish import Lane, publish
 from topology.records import Out, partition_for, partitioner
 from topology.steps import BatchResult, InRecord, Topics
+from topology.store import Change, LocalStore
 from topology.transport import WorkerConsumer, configure_fetch_wait
 
 log = logging.getLogger("prefect_events")
@@ -86,17 +84,6 @@ INTAKE_BATCHES = 4  # a step's intake holds this many batches; beyond it, the fe
 STALL_S = 5.0  # a partition with records waiting and none taken for this long is read again
 
 TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
-
-
-@contextlib.contextmanager
-def acting_as(event: Any) -> Iterator[None]:
-    """Faust tables pick the store/changelog partition from the stream's current event; a batch
-    spans partitions, so each table access runs as a record of the key's own partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 class Worker:
@@ -190,7 +177,6 @@ class Worker:
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
         swept: str | None = None,
     ) -> None:
-        co_partitioned = self.settings.input_partitions == self.settings.partitions
 
         async def agent(stream: Stream) -> None:
             # Subscribes the topics (Faust's group membership and assignment follow its agents);
@@ -202,11 +188,12 @@ class Worker:
 
         async def run() -> None:
             intake = self.consumer.intake(name, topic.topics, INTAKE_BATCHES * self.settings.batch_size)
+            store = LocalStore(table)
             while True:
                 messages = await intake.take(self.settings.batch_size)
                 # A cancel (SIGTERM) lets the batch in hand finish, so that what it did is
                 # committed rather than replayed (commits follow the ledger).
-                batch = asyncio.ensure_future(self._process(messages, table, process, co_partitioned, swept))
+                batch = asyncio.ensure_future(self._process(messages, table, store, process, swept))
                 try:
                     await asyncio.shield(batch)
                 except asyncio.CancelledError:
@@ -223,8 +210,8 @@ class Worker:
         self,
         messages: Sequence[Any],
         table: Table,
+        store: LocalStore,
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
-        co_partitioned: bool,
         swept: str | None,
     ) -> None:
         started = time.perf_counter()
@@ -238,33 +225,22 @@ class Worker:
         inbound, now = self.app.monitor.stream_inbound_time, time.monotonic()
         for m in messages:
             inbound[m.tp] = now
-        # Table partitions follow the internal topics' (and a co-partitioned raw topic's).
-        last = {m.partition: m for m in messages if co_partitioned or not self.topics.is_raw(m.topic)}
-        by_partition = {partition: _Source(m) for partition, m in last.items()}
-
-        def load(key: bytes, partition: int) -> bytes | None:
-            with acting_as(by_partition[partition]):
-                value: bytes | None = table.get(key)
-                return value
-
         batch = [_record(m) for m in messages]
         for topic, count in Counter(r.topic for r in batch if self.topics.is_raw(r.topic)).items():
             self.metrics.input(topic, count)  # raw input only: internal hops are not new messages
-        result = process(self.topics, batch, load)
+        result = process(self.topics, batch, store.get)
         if swept is not None:
             self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
         # Outputs first, acknowledged; state after (streams.replay explains why).
         await self._publish(result.outputs)
-        await self._store(table, result.writes_before, by_partition)
-        await self._store(table, result.writes, by_partition)
-        await self._store(table, {k: (p, None) for k, p in result.deletes_after.items()}, by_partition)
+        await self._store(table, store, result.writes_before)
+        await self._store(table, store, result.writes)
+        await self._store(table, store, {k: (p, None) for k, p in result.deletes_after.items()})
         for m in messages:
             ledger.finish(m.tp, m.offset)
         self._report(result, started, batch)
 
-    async def _store(
-        self, table: Table, writes: Mapping[bytes, tuple[int, bytes | None]], by_partition: dict[int, Any]
-    ) -> None:
+    async def _store(self, table: Table, store: LocalStore, writes: Mapping[bytes, Change]) -> None:
         """Write state (None: delete) and wait until its changelog records are acknowledged.
 
         Faust's `table[key] = value` only queues the changelog record in its producer buffer, and
@@ -273,13 +249,7 @@ class Worker:
         The batch counts as finished (and so committable, topology.commits) only after this."""
         if not writes:
             return
-        for key, (partition, value) in writes.items():
-            with acting_as(by_partition[partition]):
-                if value is not None:
-                    table.data[key] = value
-                else:
-                    with contextlib.suppress(KeyError):
-                        del table.data[key]
+        store.write(writes)
         await self._write_changelog(
             table, [(key, partition, value) for key, (partition, value) in writes.items()]
         )
@@ -395,12 +365,10 @@ class Worker:
             ("deleted artifacts", self.memberships, steps.expired_tombstones),
         ):
             keys = expired(_items_of(table), self.watermarks[name], retention)
-            for key in keys:
-                with contextlib.suppress(KeyError):
-                    del table.data[key]
-            await self._write_changelog(
-                table, [(key, partition_for(key, self.settings.partitions), None) for key in keys]
-            )
+            forgotten: dict[bytes, Change] = {
+                key: (partition_for(key, self.settings.partitions), None) for key in keys
+            }
+            await self._store(table, LocalStore(table), forgotten)
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
 
@@ -441,15 +409,6 @@ def rocksdb_options(settings: Settings) -> dict[str, int]:
         "max_write_buffer_number": 2,
         "block_cache_size": settings.rocksdb_block_cache_mb * 2**20,
     }
-
-
-class _Source:
-    """What Faust's tables look up in the current event: the message it came from."""
-
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
 
 
 def _record(m: Any) -> InRecord:
