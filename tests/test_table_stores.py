@@ -21,8 +21,8 @@ def test_every_table_store_gets_the_configured_memory(tmp_path: Path) -> None:
         {
             "store": "rocksdb://",
             "data_dir": str(tmp_path),
-            "rocksdb_write_buffer_mb": 4,
-            "rocksdb_block_cache_mb": 8,
+            "rocksdb_write_buffer_mb": 16,
+            "rocksdb_block_cache_mb": 32,
         },
         environ={},
     )
@@ -31,15 +31,15 @@ def test_every_table_store_gets_the_configured_memory(tmp_path: Path) -> None:
     for table in (worker.memberships, worker.collections, worker.lineage):
         options = table.data.rocksdb_options  # type: ignore[attr-defined]
         assert (options.write_buffer_size, options.max_write_buffer_number, options.block_cache_size) == (
-            4 * 2**20,
+            16 * 2**20,
             2,
-            8 * 2**20,
+            32 * 2**20,
         )
 
 
 def test_defaults_bound_a_store_to_tens_of_megabytes() -> None:
     settings = config.load(environ={})
-    assert (settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb) == (8, 16)
+    assert (settings.rocksdb_write_buffer_mb, settings.rocksdb_block_cache_mb) == (4, 8)
 
 
 @pytest.mark.parametrize("store", ["rocksdb://", "memory://"])

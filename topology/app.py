@@ -403,7 +403,8 @@ def table_keys(table: Any) -> int:
 def rocksdb_options(settings: Settings) -> dict[str, int]:
     """Memory of one RocksDB store (one per table partition). Faust's defaults are sized for a
     machine of its own: 64 MB write buffers, up to 3 of them, and a 2 GB block cache, per store;
-    with 3 tables x 4 partitions a worker's RSS grew with its keys to over 500 MB at 312k keys."""
+    with 3 tables x 4 partitions a worker's RSS grew with its keys to over 500 MB at 312k keys.
+    The settings' defaults (4 MB buffers, an 8 MB cache) held 1M collections in 332 MB."""
     return {
         "write_buffer_size": settings.rocksdb_write_buffer_mb * 2**20,
         "max_write_buffer_number": 2,

@@ -50,10 +50,10 @@ class Settings:
     )
     data_dir: str = field(default="./data", metadata={"help": "where RocksDB tables live"})
     rocksdb_write_buffer_mb: int = field(
-        default=8, metadata={"help": "RocksDB write buffer per table partition (2 at most)"}
+        default=4, metadata={"help": "RocksDB write buffer per table partition (2 at most)"}
     )
     rocksdb_block_cache_mb: int = field(
-        default=16, metadata={"help": "RocksDB block cache per table partition"}
+        default=8, metadata={"help": "RocksDB block cache per table partition"}
     )
     standby_replicas: int = 0
     lineage_retention_days: float = 7.0
