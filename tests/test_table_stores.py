@@ -1,9 +1,10 @@
-"""The worker's tables: RocksDB stores sized by the settings, not by Faust's 2 GB-per-store defaults,
-and read and written by partition (topology.store)."""
+"""The worker's memory and tables: RocksDB stores sized by the settings, not by Faust's
+2 GB-per-store defaults, read and written by partition (topology.store); glibc's arenas capped."""
 
 from __future__ import annotations
 
 import asyncio
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from topology import config
 from topology.app import Worker
 from topology.records import partition_for
+from topology.runner import limit_malloc_arenas
 from topology.steps import Stamped
 from topology.store import LocalStore
 
@@ -100,3 +102,9 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
 
     assert dict(worker.lineage.data.items()) == {b"recent": recent}
     assert changelog == [("flow-run-lineage", [(b"silent", partition_for(b"silent", 4), None)])]
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
+def test_the_worker_caps_glibcs_malloc_arenas_unless_the_environment_says_otherwise() -> None:
+    assert limit_malloc_arenas(environ={}) is True
+    assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "8"}) is False

