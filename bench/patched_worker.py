@@ -4,13 +4,14 @@ Bench-only stand-in, used while topology/ lacks them, so the benchmark can still
 worker does once they land (the JSON result says which were applied; each is a no-op once the
 worker has it):
 
-* tables (fixed in topology/app.py since): `Worker._table` built `app.Table(..., schema=Schema(bytes, bytes, raw, raw))`, but
-  Faust derives a table's store/changelog serializers from `key_type`/`value_type` only (`json`
-  when unset), so with `rocksdb://` (and after any changelog recovery) `table.get` returns a
-  decoded dict and `Stamped.load` crashes. Fix: pass `key_type=bytes, value_type=bytes`.
-* fetch wait (wired in topology/app.py since): PREFECT_EVENTS_FETCH_MAX_WAIT_MS was not handed to Faust's consumer
-  (`topology.transport.configure_fetch_wait` was not called), so every hop waits up to
-  Faust's hard-coded 1,500 ms on Tansu.
+* tables (fixed in topology/app.py since): `Worker._table` built
+  `app.Table(..., schema=Schema(bytes, bytes, raw, raw))`, but Faust derives a table's
+  store/changelog serializers from `key_type`/`value_type` only (`json` when unset), so with
+  `rocksdb://` (and after any changelog recovery) `table.get` returns a decoded dict and
+  `Stamped.load` crashes. Fix: pass `key_type=bytes, value_type=bytes`.
+* fetch wait (wired in topology/app.py since): PREFECT_EVENTS_FETCH_MAX_WAIT_MS was not handed
+  to Faust's consumer (`topology.transport.configure_fetch_wait` was not called), so every hop
+  waits up to Faust's hard-coded 1,500 ms on Tansu.
 
 Set BENCH_PATCHES to a comma list (`tables,fetch-wait`) to choose; default both.
 """

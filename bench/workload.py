@@ -5,9 +5,9 @@ increasing, which also lets the latency probe map an event back to the message t
 
 * artifacts: creates (80% with a collection key, drawn from a pool of keys), updates (PATCH of
   `data` or `description`) and deletes of live artifacts; `data` is a markdown or table string of
-  100 B – 10 KB (log-uniform, so most are small and some are large, like real reports);
-* task results: flow runs of 3–10 task runs in lineage chains (`upstream_task_run_ids` point to
-  the previous one or two tasks), about half materializing 1–2 assets, some with `asset_deps`;
+  100 B to 10 KB (log-uniform, so most are small and some are large, like real reports);
+* task results: flow runs of 3 to 10 task runs in lineage chains (`upstream_task_run_ids` point to
+  the previous one or two tasks), about half materializing 1 or 2 assets, some with `asset_deps`;
   states mostly COMPLETED, some FAILED, Cached and RUNNING.
 """
 
@@ -24,7 +24,7 @@ import orjson
 ARTIFACTS = "artifacts"
 TASK_RESULTS = "task_results"
 EPOCH = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
-WORDS = (
+WORDS = (  # noqa: SIM905 (a sentence reads better than 23 quoted words)
     "rows loaded quality check passed failed warehouse model training epoch loss accuracy "
     "customers orders revenue region latency p99 snapshot partition backfill daily hourly"
 ).split()

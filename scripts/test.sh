@@ -31,7 +31,7 @@ run_step() {
   fi
 }
 
-run_step ruff .venv/bin/ruff check streams topology tests
+run_step ruff .venv/bin/ruff check streams topology tests bench
 run_step mypy .venv/bin/mypy
 run_step pytest .venv/bin/python -m pytest "$@"
 
