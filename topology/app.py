@@ -177,7 +177,6 @@ class Worker:
         process: Callable[[Topics, Sequence[InRecord], steps.Load], BatchResult],
         swept: str | None = None,
     ) -> None:
-
         async def agent(stream: Stream) -> None:
             # Subscribes the topics (Faust's group membership and assignment follow its agents);
             # their records go to the intake instead (topology.intake), so nothing arrives here.
