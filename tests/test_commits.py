@@ -148,12 +148,49 @@ def test_copies_of_records_already_taken_are_refused_without_a_rewind() -> None:
 # --- gaps: offsets that hold no record ---------------------------------------------------------------
 
 
-def test_offsets_a_fetch_steps_over_are_transaction_markers() -> None:
+def test_offsets_a_fetch_steps_over_again_after_a_seek_are_transaction_markers() -> None:
     ledger = ledger_at(0)
     fetch(ledger, [0, 1, 3, 4])  # 2: a commit marker
+    assert take(ledger, [0, 1, 3, 4]) == [0, 1]  # seen once: 3 and 4 wait for a second look
+    assert ledger.rewinds() == {TP: 2}
+    ledger.seek(TP, 2)
+    fetch(ledger, [3, 4])
     fetch(ledger, [9])  # 5..8 between two fetches: markers, compacted records
-    assert take(ledger, [0, 1, 3, 4, 9]) == [0, 1, 3, 4, 9]
+    assert take(ledger, [3, 4, 9]) == [3, 4]
+    assert ledger.rewinds() == {TP: 5}
+    ledger.seek(TP, 5)
+    fetch(ledger, [9])
+    assert take(ledger, [9]) == [9]
     assert ledger.committable(TP) == 10
+
+
+def test_a_record_the_broker_shows_late_is_no_gap() -> None:
+    """Tansu, with concurrent writers to a partition, can answer a fetch at the tail without a
+    record it shows a moment later (README, "The embedded broker"): taking the hole for a
+    transaction marker lost the record. The re-read finds it."""
+    ledger = ledger_at(0)
+    fetch(ledger, [0, 1, 3, 4])  # 2 not visible yet
+    assert take(ledger, [0, 1, 3, 4]) == [0, 1]
+    assert ledger.rewinds() == {TP: 2}
+    ledger.seek(TP, 2)
+    fetch(ledger, [2, 3, 4])
+    assert take(ledger, [2, 3, 4]) == [2, 3, 4]
+    assert ledger.committable(TP) == 5
+    fetch(ledger, [6])  # a later hole at 5, seen once...
+    ledger.seek(TP, 5)
+    fetch(ledger, [5, 6])  # ...was none: nothing is left suspected
+    assert take(ledger, [5, 6]) == [5, 6]
+    assert ledger.partitions[TP].suspects == {}
+
+
+def test_a_gap_seen_twice_in_one_fetch_epoch_is_not_confirmed() -> None:
+    """Only a fetch after a seek begun since the first sighting confirms a gap."""
+    ledger = ledger_at(0)
+    fetched_in = ledger.epochs()
+    ledger.fetched(TP, [0, 2], fetched_in)
+    ledger.fetched(TP, [2], {TP: -1})  # an older fetch proves nothing either
+    assert take(ledger, [0, 2]) == [0]
+    assert ledger.committable(TP) == 1
 
 
 def test_records_faust_drops_after_fetching_are_no_gap() -> None:
@@ -173,6 +210,9 @@ def test_a_marker_right_at_the_seek_position_is_a_gap() -> None:
     take(ledger, [0])
     ledger.seek(TP, 1)
     fetch(ledger, [2, 3])  # 1 is a marker
+    assert take(ledger, [2, 3]) == []
+    ledger.seek(TP, 1)
+    fetch(ledger, [2, 3])  # still stepped over after another seek
     assert take(ledger, [2, 3]) == [2, 3]
     assert ledger.committable(TP) == 4
 

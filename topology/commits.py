@@ -25,7 +25,10 @@ into the steps, whatever Faust does to them on the way:
   are admitted and finished as if processed. Only a fetch begun after the partition's last seek
   had completed can tell; one begun before (its `epoch` is older) proves nothing. Every seek
   bumps the epoch twice, before it runs and once it has, so a fetch that overlaps it never
-  counts.
+  counts. And a gap counts only once a fetch after a later seek steps over it again: a broker
+  can hand out a partition's tail with a record missing that it shows a moment later (Tansu
+  does, with concurrent writers: README, "The embedded broker"). The records after a gap seen
+  once are refused like any record ahead of its turn, and the rewind re-reads the gap.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class _Partition:
     last: int | None = None  # last offset fetched by a fetch of the current epoch
     seeked_to: int | None = None  # where the last seek went
     gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
+    suspects: dict[int, tuple[int, int]] = field(default_factory=dict)  # gap seen once: start → (end, epoch)
     finished: set[int] = field(default_factory=set)
     refused: bool = False  # a record beyond `expected` was refused
     rewound_at: tuple[int, float] | None = None  # (offset, when) of the last rewind
@@ -120,10 +124,20 @@ class CommitLedger(Generic[TP]):
         for offset in offsets:
             first = p.last + 1 if p.last is not None else p.seeked_to
             if first is not None and offset > first:
-                p.gaps.update(range(first, offset))
-                p.finished.update(o for o in range(first, offset) if p.base is None or o >= p.base)
+                self._stepped_over(p, first, offset)
             if p.last is None or offset > p.last:
                 p.last = offset
+
+    @staticmethod
+    def _stepped_over(p: _Partition, first: int, end: int) -> None:
+        """Offsets first..end-1 are a gap if a fetch after a seek made since saw the same."""
+        seen = p.suspects.get(first)
+        if seen is None or seen[0] != end or seen[1] >= p.epoch:
+            p.suspects[first] = (end, p.epoch) if seen is None or seen[0] != end else seen
+            return
+        del p.suspects[first]
+        p.gaps.update(range(first, end))
+        p.finished.update(o for o in range(first, end) if p.base is None or o >= p.base)
 
     def admit(self, tp: TP, offset: int) -> bool:
         """May a batch take this record now? Only the partition's next one."""
@@ -139,6 +153,8 @@ class CommitLedger(Generic[TP]):
             p.refused = p.refused or offset > p.expected
             return False
         p.expected += 1
+        if p.suspects:  # a suspected gap the partition has read past was none
+            p.suspects = {start: seen for start, seen in p.suspects.items() if start >= p.expected}
         p.refused, p.rewound_at = False, None
         p.moved_at = self.moved_at = self.clock()
         return True
