@@ -575,15 +575,16 @@ def _frame(raw: str) -> str:
 
 
 async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
-                        extra_patches: tuple[str, ...], tag: str) -> dict[str, Any]:
+                        extra_patches: tuple[str, ...], tag: str,
+                        fetch_wait_ms: int = LATENCY_FETCH_WAIT_MS) -> dict[str, Any]:
     names = Names(f"bench-latency-{tag}")
     await create_topics(bs, [*names.raw.values(), *names.outputs])
     collector = Collector(bs, names.outputs, parse_occurred=True,
-                          fetch_wait_ms=LATENCY_FETCH_WAIT_MS)
+                          fetch_wait_ms=fetch_wait_ms)
     await collector.start()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-latency-data-"))
     worker = WorkerProc(bs, names, "rocksdb://", data_dir, log_dir, names.prefix,
-                        extra_patches=extra_patches, fetch_wait_ms=LATENCY_FETCH_WAIT_MS)
+                        extra_patches=extra_patches, fetch_wait_ms=fetch_wait_ms)
     gen = wl.Generator(seed=11)
     keys = 5000
     p = producer(bs)
@@ -994,7 +995,9 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
             runs.append((f"{low}/s (50% of saturation)", low, ()))
         for i, (tag, rate, extra) in enumerate(runs):
             lat = await phase_latency(bs, rate, args.latency_seconds, log_dir,
-                                      extra_patches=extra, tag=f"run{i}")
+                                      extra_patches=extra, tag=f"run{i}",
+                                      fetch_wait_ms=args.latency_fetch_wait_ms)
+            lat["fetch_wait_ms"] = args.latency_fetch_wait_ms
             lat["tag"] = tag
             latencies[tag] = lat.pop("_e2e", [])
             r["latency"][tag] = lat
@@ -1034,6 +1037,8 @@ def main() -> int:
                         help="creates over 1k keys for the key-scaling comparison "
                              "(default 50000; --quick 10000)")
     parser.add_argument("--rate", type=int, default=2000, help="latency phase input rate")
+    parser.add_argument("--latency-fetch-wait-ms", type=int, default=LATENCY_FETCH_WAIT_MS,
+                        help="fetch wait of the worker and collector in the latency phase")
     parser.add_argument("--latency-seconds", type=float, default=None,
                         help="latency phase duration (default 30; --quick 8)")
     parser.add_argument("--recovery-timeout", type=float, default=120.0,
