@@ -327,7 +327,7 @@ class WorkerConsumer(Consumer):
                 if p is None
                 else (
                     f"base {p.base} expected {p.expected} fetched {p.delivered} "
-                    f"finished {len(p.finished)} gaps {len(p.gaps)}"
+                    f"finished {len(p.finished)} gaps {len(p.gaps)} suspected gaps {len(p.suspects)}"
                 )
             )
             lines.append(f"  {tp.topic}[{tp.partition}]: {state}; {ledger}")
