@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from streams.messages import parse_artifact_op
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from tests.topology_driver import Driver, topics
+from topology.steps import InRecord, in_event_time_order
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.jsonl").is_file()) if GOLDEN.is_dir() else []
@@ -111,3 +113,24 @@ def test_a_re_read_update_is_not_applied_again_after_a_newer_one() -> None:
     [repoint] = [e for e in events if e["event"] == "prefect.artifact-collection.updated"][-1:]
     assert repoint["related"][0]["prefect.resource.id"] == f"prefect.artifact.{v1}"
     assert repoint["payload"]["data"] == "a2"
+
+
+def test_a_batch_merges_a_raw_partition_and_the_internal_one_of_the_same_number_by_event_time() -> None:
+    """A step reading a raw topic and its internal topic gets both partitions N in one batch:
+    two logs, merged by `occurred`. As one lane (they were keyed by partition number alone) a
+    delete read first from the raw log went before the earlier create re-keyed onto the internal
+    one, and was dropped as the delete of an unknown artifact."""
+    t = topics()
+    artifact = "0a0a0a0a-0000-4000-8000-000000000001"
+    create = json.dumps(
+        {"op": "create", "occurred": "2026-01-01T00:00:01Z",
+         "artifact": {"id": artifact, "key": "k", "type": "markdown", "data": "x",
+                      "created": "2026-01-01T00:00:01Z"}}
+    ).encode()
+    delete = json.dumps(
+        {"op": "delete", "occurred": "2026-01-01T00:00:02Z", "artifact_id": artifact}
+    ).encode()
+    raw_delete = InRecord(t.raw_artifacts, 1, 7, artifact.encode(), delete, ())
+    rekeyed_create = InRecord(t.artifacts_by_id, 1, 3, artifact.encode(), create, ())
+    merged = [r for r, _ in in_event_time_order([raw_delete, rekeyed_create], parse_artifact_op)]
+    assert merged == [rekeyed_create, raw_delete]

@@ -137,14 +137,14 @@ def in_event_time_order(
     meet in a batch (per-partition order, which Kafka guarantees, is never changed).
     Unparseable records come out as Invalid, first.
     """
-    lanes: dict[int, list[tuple[int, int, InRecord, Any]]] = {}
+    lanes: dict[tuple[str, int], list[tuple[int, int, InRecord, Any]]] = {}
     for i, record in enumerate(batch):
         try:
             parsed: Any = parse(_value(record))
             when = parsed.occurred_us
         except Invalid as why:
             parsed, when = why, -1
-        lanes.setdefault(record.partition, []).append((when, i, record, parsed))
+        lanes.setdefault((record.topic, record.partition), []).append((when, i, record, parsed))
     if len(lanes) == 1:
         for _, _, record, parsed in next(iter(lanes.values())):
             yield record, parsed
