@@ -132,12 +132,12 @@ class CommitLedger(Generic[TP]):
     def _stepped_over(p: _Partition, first: int, end: int) -> None:
         """Offsets first..end-1 are a gap if a fetch after a seek made since saw the same."""
         seen = p.suspects.get(first)
-        if seen is None or seen[0] != end or seen[1] >= p.epoch:
-            p.suspects[first] = (end, p.epoch) if seen is None or seen[0] != end else seen
-            return
-        del p.suspects[first]
-        p.gaps.update(range(first, end))
-        p.finished.update(o for o in range(first, end) if p.base is None or o >= p.base)
+        if seen is None or seen[0] != end:
+            p.suspects[first] = (end, p.epoch)
+        elif seen[1] < p.epoch:
+            del p.suspects[first]
+            p.gaps.update(range(first, end))
+            p.finished.update(o for o in range(first, end) if p.base is None or o >= p.base)
 
     def admit(self, tp: TP, offset: int) -> bool:
         """May a batch take this record now? Only the partition's next one."""
