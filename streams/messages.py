@@ -10,6 +10,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -239,21 +240,33 @@ def _context(msg: Mapping[str, Json]) -> RunContext:
     if not isinstance(ctx, dict):
         raise Invalid("wrong_type", f"context must be an object or null, got {type_name(ctx)}")
     parts: dict[str, Named | None] = {}
-    for part in CONTEXT_PARTS:
+    for part, where in _CONTEXT_WHERE:
         value = ctx.get(part)
-        if value is None:
-            parts[part] = None
-            continue
-        if not isinstance(value, dict):
-            raise Invalid("wrong_type", f"context.{part} must be an object or null, got {type_name(value)}")
-        where = f"context.{part}."
-        parts[part] = Named(_uuid(value, "id", where), _str(value, "name", where))
+        parts[part] = None if value is None else _named(value, where)
     tags = ctx.get("tags")
     if tags is None:
         tags = []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise Invalid("wrong_type", "context.tags must be a list of strings")
     return RunContext(tags=tuple(tags), **parts)
+
+
+_CONTEXT_WHERE = tuple((part, f"context.{part}.") for part in CONTEXT_PARTS)
+
+
+def _named(value: Json, where: str) -> Named:
+    if not isinstance(value, dict):
+        raise Invalid("wrong_type", f"{where[:-1]} must be an object or null, got {type_name(value)}")
+    id_, name = value.get("id"), value.get("name")
+    if type(id_) is str and type(name) is str:
+        return _valid_named(id_, name, where)
+    return Named(_uuid(value, "id", where), _str(value, "name", where))  # raises the exact Invalid
+
+
+@lru_cache(maxsize=1 << 12)
+def _valid_named(id_: str, name: str, where: str) -> Named:
+    """One flow run's context recurs in all its task runs' messages: checked once while it does."""
+    return Named(_canonical_uuid(id_, where + "id"), name)
 
 
 _PROPERTY_LABELS = (
@@ -366,9 +379,16 @@ def _canonical_uuid(value: Json, where: str) -> str:
     """Canonical 8-4-4-4-12 hex form only (either case); returned lower-case, as Prefect renders."""
     if not isinstance(value, str):
         raise Invalid("wrong_type", f"{where} must be a UUID string, got {type_name(value)}")
-    if not _UUID.match(value):
+    canonical = _lower_uuid(value)
+    if canonical is None:
         raise Invalid("invalid_uuid", f"{where} is not a canonical UUID: {value[:64]!r}")
-    return value.lower()
+    return canonical
+
+
+@lru_cache(maxsize=1 << 12)
+def _lower_uuid(value: str) -> str | None:
+    """Ids recur across messages (a flow run's, an updated artifact's): matched once while they do."""
+    return value.lower() if _UUID.match(value) else None
 
 
 _UUID = re.compile(r"\A[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")

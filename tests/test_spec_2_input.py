@@ -158,6 +158,31 @@ class TestUpperCaseUuids:
         assert h.names(events)[1] == "prefect.asset.referenced"
 
 
+class TestRecurringContext:
+    """A run context recurs in every message of its flow run: each one is still checked whole."""
+
+    def test_the_same_part_again_gives_the_same_related_entry(self):
+        first, again = _events([h.create(h.uid(1), key=None), h.create(h.uid(2), key=None)])
+        assert again["related"] == first["related"]
+
+    def test_a_bad_id_under_a_name_seen_before_is_rejected(self):
+        _events([h.create(A, key=None, ctx=h.context(flow_run=h.FLOW_RUN))])
+        why = _rejected(h.create(h.uid(2), key=None, ctx=h.context(flow_run=h.FLOW_RUN + "0")))
+        assert (why.code, why.reason.split(":")[0]) == (
+            "invalid_uuid", "context.flow_run.id is not a canonical UUID"
+        )
+
+    def test_an_id_seen_upper_case_then_lower_case_is_one_flow_run(self):
+        upper, lower = _events(
+            [
+                h.create(h.uid(1), key=None, ctx=h.context(flow_run=h.FLOW_RUN.upper())),
+                h.create(h.uid(2), key=None, ctx=h.context(flow_run=h.FLOW_RUN)),
+            ]
+        )
+        assert upper["related"][0]["prefect.resource.id"] == "prefect.flow-run." + h.FLOW_RUN
+        assert lower["related"] == upper["related"]
+
+
 # --- 2. rejections ----------------------------------------------------------------------------
 
 
