@@ -10,6 +10,7 @@ Phases, all in one invocation so that ratios are meaningful on a shared 2-core b
 1. baseline   plain aiokafka consume → orjson.loads → trivial transform → orjson.dumps → produce
 2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
               events/s out; expected event count from the offline `streams.pipeline`
+   scaleout   the same again with --workers processes in one group (one per core)
 3. profile    the same again under py-spy (separate run: sampling overhead stays out of 2.)
 4. latency    end-to-end p50/p99 at a fixed rate (2,000 msgs/s) through every hop
 5. offline    `prefect-events process` over the same workload
@@ -39,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +268,7 @@ class Collector:
             await self._consumer.stop()
 
     async def wait(self, expected: int, *, idle_s: float, timeout_s: float,
-                   proc: WorkerProc | None = None) -> str:
+                   proc: WorkerProc | None = None, others: Sequence[WorkerProc] = ()) -> str:
         """Until `expected` events arrived ('complete'), none for `idle_s` after the first ('idle'),
         the worker died ('exited') or `timeout_s` passed ('timeout')."""
         deadline = time.time() + timeout_s
@@ -277,7 +279,7 @@ class Collector:
             idle = idle_s if self.count < 0.95 * expected else min(idle_s, 4.0)
             if self.last_recv is not None and now - self.last_recv > idle:
                 return "idle"
-            if proc is not None and proc.exited():
+            if any(p.exited() for p in (proc, *others) if p is not None):
                 return "exited"
             if now > deadline:
                 return "timeout"
@@ -457,24 +459,29 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
 async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int,
                          log_dir: Path, *, store: str = "rocksdb://",
                          profile_s: float | None = None, keep_timestamps: bool = False,
-                         timeout_s: float = 1800, keep_data: bool = False,
+                         timeout_s: float = 1800, keep_data: bool = False, workers: int = 1,
                          ) -> tuple[dict[str, Any], Path, Collector]:
+    """The worker (or `workers` of them, one consumer group) draining `msgs` pre-produced."""
+    assert workers == 1 or not (keep_data or profile_s), "state and profile: one worker only"
     names = Names(prefix)
     await create_topics(bs, [*names.raw.values(), *names.outputs])
     log(f"{prefix}: pre-producing {len(msgs)} messages")
     produce_rate = await produce_all(bs, names, msgs)
     collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps)
     await collector.start()
-    data_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-data-"))
-    worker = WorkerProc(bs, names, store, data_dir, log_dir, prefix)
-    log(f"{prefix}: worker pid {worker.pid}, expecting {expected} events")
+    data_dirs = [Path(tempfile.mkdtemp(prefix=f"{prefix}-data-")) for _ in range(workers)]
+    group = [WorkerProc(bs, names, store, d, log_dir, prefix if workers == 1 else f"{prefix}-{i}")
+             for i, d in enumerate(data_dirs)]
+    worker, data_dir = group[0], data_dirs[0]
+    log(f"{prefix}: worker pid {' '.join(str(w.pid) for w in group)}, expecting {expected} events")
     spy: subprocess.Popen[bytes] | None = None
     profile_path = log_dir / f"{prefix}.pyspy.txt"
     sampler_stop = asyncio.Event()
 
     async def sampler() -> None:
         while not sampler_stop.is_set():
-            worker.sample()
+            for w in group:
+                w.sample()
             await asyncio.sleep(0.5)
 
     sampling = asyncio.create_task(sampler())
@@ -486,21 +493,26 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
                 [PY_SPY, "record", "-p", str(worker.pid), "-d", str(int(profile_s)), "-r", "200",
                  "-f", "raw", "-o", str(profile_path)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        outcome = await collector.wait(expected, idle_s=15, timeout_s=timeout_s, proc=worker)
+        outcome = await collector.wait(expected, idle_s=15, timeout_s=timeout_s, proc=worker,
+                                       others=group[1:])
         wall_end = time.time()
     finally:
         sampler_stop.set()
         await sampling
         if spy is not None:
             spy.wait()
-        worker.sample()
+        for w in group:
+            w.sample()
         result: dict[str, Any] = {"peak_rss_mb": round(worker.peak_kb / 1024, 1),
                                   "rss_end_mb": round(worker.rss_kb / 1024, 1)}
+        if workers > 1:
+            result["workers"] = workers
+            result["peak_rss_mb_each"] = [round(w.peak_kb / 1024, 1) for w in group]
+        codes: list[int | None] = [None]
         if not keep_data:
-            code = worker.stop()
-            shutil.rmtree(data_dir, ignore_errors=True)
-        else:
-            code = None
+            codes = [w.stop() for w in group]
+            for d in data_dirs:
+                shutil.rmtree(d, ignore_errors=True)
     await collector.stop()
     start_ts = await first_timestamp(bs, names.outputs)
     end_ts = collector.max_ts
@@ -517,10 +529,10 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
         "events_per_s": round(collector.count / window) if window else None,
         "wall_seconds_from_spawn": round(wall_end - worker.started, 2),
         "preproduce_msgs_per_s": round(produce_rate),
-        "worker_exit_code": code,
+        "worker_exit_code": codes[0] if workers == 1 else codes,
     })
     if outcome in ("exited", "timeout"):
-        result["worker_log_tail"] = worker.log_tail()
+        result["worker_log_tail"] = [line for w in group for line in w.log_tail()]
     if keep_data:
         result["_worker"] = worker
         result["_data_dir"] = data_dir
@@ -835,6 +847,11 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("worker peak RSS, MB", f"{w['peak_rss_mb']}"))
     if b and w and w.get("msgs_per_s"):
         rows.append(("ratio worker / baseline", f"{w['msgs_per_s'] / b['msgs_per_s']:.1%}"))
+    so = r.get("scaleout")
+    if so:
+        ratio = f", {so['msgs_per_s'] / b['msgs_per_s']:.1%} of baseline" if b and so["msgs_per_s"] else ""
+        rows.append((f"{so['workers']} worker processes, msgs/s in",
+                     f"{so['msgs_per_s'] or 0:,} ({so['outcome']}{ratio})"))
     for tag, lat in r.get("latency", {}).items():
         if "e2e_ms" in lat:
             e = lat["e2e_ms"]
@@ -973,6 +990,11 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
         r["worker"] = res
         log(f"worker: {res['msgs_per_s']} msgs/s in, {res['events_per_s']} events/s out "
             f"({res['outcome']})")
+    if "scaleout" in phases:
+        res, _, _ = await run_saturation(bs, "bench-scaleout", msgs, expected, log_dir,
+                                         workers=args.workers)
+        r["scaleout"] = res
+        log(f"scaleout: {args.workers} workers, {res['msgs_per_s']} msgs/s in ({res['outcome']})")
     if "profile" in phases and PY_SPY:
         part = msgs[: len(msgs) // 2]
         rate = r.get("worker", {}).get("msgs_per_s") or 3000
@@ -1047,7 +1069,10 @@ def main() -> int:
     parser.add_argument("--recovery-timeout", type=float, default=120.0,
                         help="give up on a restart after this many seconds")
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
-    parser.add_argument("--phases", default="baseline,worker,profile,latency,offline,state")
+    parser.add_argument("--phases",
+                        default="baseline,worker,scaleout,profile,latency,offline,state")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes of the scaleout phase (one per core)")
     parser.add_argument("--recover", default="rocksdb-kept,rocksdb-wiped,memory",
                         help="restarts to time after the state phase, in order")
     args = parser.parse_args()
