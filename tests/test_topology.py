@@ -11,7 +11,9 @@ import pytest
 from streams.messages import parse_artifact_op
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from tests.topology_driver import Driver, topics
-from topology.steps import InRecord, in_event_time_order
+from topology import steps
+from topology.records import Source
+from topology.steps import InRecord, UnknownDelete, in_event_time_order
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.jsonl").is_file()) if GOLDEN.is_dir() else []
@@ -134,3 +136,29 @@ def test_a_batch_merges_a_raw_partition_and_the_internal_one_of_the_same_number_
     rekeyed_create = InRecord(t.artifacts_by_id, 1, 3, artifact.encode(), create, ())
     merged = [r for r, _ in in_event_time_order([raw_delete, rekeyed_create], parse_artifact_op)]
     assert merged == [rekeyed_create, raw_delete]
+
+
+def test_a_delete_without_membership_is_reported_with_its_source_and_id() -> None:
+    """Nothing is emitted for it, and the worker logs where it came from: in a run whose input
+    created the artifact, such a line means the memberships step lacked state it should have."""
+    t = topics(partitions=1, raw_partitions=1)  # every raw record is in its artifact's partition
+    known, unknown = ("0a0a0a0a-0000-4000-8000-00000000000" + d for d in "12")
+    create = json.dumps(
+        {"op": "create", "occurred": "2026-01-01T00:00:01Z",
+         "artifact": {"id": known, "key": None, "type": "markdown", "data": "x",
+                      "created": "2026-01-01T00:00:01Z"}}
+    ).encode()
+    deletes = [
+        json.dumps({"op": "delete", "occurred": f"2026-01-01T00:00:0{i}Z", "artifact_id": a}).encode()
+        for i, a in ((2, unknown), (3, known), (4, known))
+    ]
+    batch = [
+        InRecord(t.raw_artifacts, 0, offset, None, value, ())
+        for offset, value in enumerate([create, *deletes])
+    ]
+    result = steps.apply_memberships(t, batch, lambda key, partition: None)
+    assert result.unknown_deletes == [
+        UnknownDelete(Source(t.raw_artifacts, 0, 1), unknown.encode(), deleted_already=False),
+        UnknownDelete(Source(t.raw_artifacts, 0, 3), known.encode(), deleted_already=True),
+    ]
+    assert [out.topic for out in result.outputs] == [t.artifact_events]  # its created event only

@@ -253,6 +253,34 @@ def test_malformed_message_is_dead_lettered_and_the_next_one_processed(
     assert [v for _, v, _ in events] == offline_lines(good)
 
 
+def test_a_delete_of_an_unknown_artifact_is_logged_with_where_it_came_from(
+    start_worker: StartWorker, bootstrap_servers: str
+) -> None:
+    worker = start_worker(partitions=1, input_partitions=1)
+    s = worker.settings
+    gone = "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a12"
+    delete = json.dumps({"op": "delete", "occurred": "2026-11-24T10:00:00Z", "artifact_id": gone})
+    update = json.dumps(
+        {
+            "op": "update",
+            "occurred": "2026-11-24T10:00:01Z",
+            "artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11",
+            "changes": {"description": "after the delete"},
+        }
+    ).encode()
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [delete.encode(), update]))
+    events = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 1))
+    assert [v for _, v, _ in events] == offline_lines(update)
+    line = (
+        "1 deletes of artifacts without a live membership, nothing emitted: "
+        f"{gone} never seen ({s.artifacts_topic}[0]@0)"
+    )
+    deadline = time.monotonic() + 10
+    while line not in worker.log.read_text():
+        assert time.monotonic() < deadline, worker.log.read_text()[-2000:]
+        time.sleep(0.2)
+
+
 def offline_lines(raw: bytes) -> list[bytes]:
     from streams.pipeline import ArtifactPipeline
 

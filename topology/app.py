@@ -84,6 +84,7 @@ INTAKE_BATCHES = 4  # a step's intake holds this many batches; beyond it, the fe
 STALL_S = 5.0  # a partition with records waiting and none taken for this long is read again
 
 TABLES = ("artifact-memberships", "artifact-collections", "flow-run-lineage")
+UNKNOWN_DELETES_SHOWN = 5  # named in the log line of a batch; the metric counts all
 
 
 class Worker:
@@ -334,7 +335,20 @@ class Worker:
                 why,
             )
         if result.unknown_deletes:
-            m.unknown_delete(result.unknown_deletes)
+            m.unknown_delete(len(result.unknown_deletes))
+            shown = ", ".join(
+                f"{d.artifact_id.decode(errors='replace')} "
+                f"{'deleted already' if d.deleted_already else 'never seen'} "
+                f"({d.source.topic}[{d.source.partition}]@{d.source.offset})"
+                for d in result.unknown_deletes[:UNKNOWN_DELETES_SHOWN]
+            )
+            more = len(result.unknown_deletes) - UNKNOWN_DELETES_SHOWN
+            log.info(
+                "%d deletes of artifacts without a live membership, nothing emitted: %s%s",
+                len(result.unknown_deletes),
+                shown,
+                f" and {more} more" if more > 0 else "",
+            )
         if result.related_truncated:
             m.related_truncated(result.related_truncated)
         if result.replays_skipped:

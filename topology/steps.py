@@ -71,6 +71,17 @@ class Stamped:
         return cls(value["seen"], value["state"])
 
 
+@dataclass(frozen=True, slots=True)
+class UnknownDelete:
+    """A delete of an artifact id without a live membership: nothing is emitted. The worker logs
+    each one; `deleted_already` is a replay or a second delete, while an id never seen whose create
+    is known to be in the input means the memberships step lacked state it should have had."""
+
+    source: Source
+    artifact_id: bytes
+    deleted_already: bool
+
+
 @dataclass(slots=True)
 class BatchResult:
     outputs: list[Out] = field(default_factory=list)
@@ -82,7 +93,7 @@ class BatchResult:
     deletes_after: dict[bytes, int] = field(default_factory=dict)  # key → partition
     emitted: Counter[str] = field(default_factory=Counter)
     dead_letters: list[tuple[Source, Invalid]] = field(default_factory=list)
-    unknown_deletes: int = 0
+    unknown_deletes: list[UnknownDelete] = field(default_factory=list)
     related_truncated: int = 0
     replays_skipped: int = 0
     watermark_us: int = 0  # greatest event time seen, for the lineage retention sweep
@@ -254,7 +265,9 @@ def _apply_keyed(
             result.reject(topics.dead_letters, record, source, why)
             continue
         result.emit(events_topic, applied.events)
-        result.unknown_deletes += applied.unknown_delete
+        if applied.unknown_delete:
+            tombstone = entry is not None and entry.state is not None
+            result.unknown_deletes.append(UnknownDelete(source, key or b"", tombstone))
         if applied.forward is not None:
             result.outputs.append(applied.forward)
         # A message that changed state or handed an operation on is marked done: a re-read copy
