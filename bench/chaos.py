@@ -83,6 +83,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -896,12 +897,34 @@ class StreamReport:
     dead_unexpected: int = 0
 
 
+#: An id a worker logged as deleted without ever being seen (topology.app, unknown deletes); a
+#: batch names up to 5 of them, so this is a lower bound.
+NEVER_SEEN = re.compile(r"([0-9a-f]{8}(?:-[0-9a-f]{4}){3}-[0-9a-f]{12}) never seen \(")
+
+
+def created_ids(workload: Workload) -> set[str]:
+    """Artifact ids the workload creates (its invalid messages aside)."""
+    ids: set[str] = set()
+    for msgs in workload.rounds:
+        for m in msgs:
+            if m.stream != ARTIFACTS:
+                continue
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
+                op = orjson.loads(m.value)
+                if op.get("op") == "create":
+                    ids.add(str(op["artifact"]["id"]).lower())
+    return ids
+
+
 @dataclass
 class Report:
     streams: dict[str, StreamReport]
     kills: int = 0
     rebalances: int = 0
     assignments_logged: int = 0
+    # Artifacts this workload created, named by a worker as the delete of an id it never saw:
+    # the memberships step lacked state it should have had (the one failed run's signature).
+    created_taken_for_unknown: list[str] = field(default_factory=list)
     unexpected_exits: list[str] = field(default_factory=list)
     stalls: list[str] = field(default_factory=list)
     shutdown: list[tuple[str, int | None, float]] = field(default_factory=list)
@@ -979,6 +1002,8 @@ class Report:
         out.append("SIGTERM at the end: " + ", ".join(
             f"{name} exit {code} in {took:.1f} s" for name, code, took in self.shutdown))
         out.append(f"raw topics: {self.raw_check}   output re-read: {self.collector_check}")
+        out.append("deletes of created artifacts logged as never seen (lost membership): "
+                   f"{len(self.created_taken_for_unknown)} {self.created_taken_for_unknown[:5]}")
         out.append(f"offline CLI = in-process pipeline: {self.offline_agrees}")
         out.append(f"details: {self.out_dir}")
         out.extend(f"STALL: {stall}" for stall in self.stalls)
@@ -1241,8 +1266,10 @@ async def _chaos(cfg: Config, workload: Workload, per_message: dict[str, list[li
         collector.stop()
         with contextlib.suppress(BaseException):
             await collector_task
-    report.assignments_logged = sum(
-        p.read_text(errors="replace").count("Worker ready") for p in out.glob("worker-*.log")
+    logs = [p.read_text(errors="replace") for p in sorted(out.glob("worker-*.log"))]
+    report.assignments_logged = sum(text.count("Worker ready") for text in logs)
+    report.created_taken_for_unknown = sorted(
+        {m for text in logs for m in NEVER_SEEN.findall(text)} & created_ids(workload)
     )
     report.raw_check = await _check_raw(bootstrap, raw_topics, offsets)
     # The collector ran all along; a fresh read of the output and dead-letter topics checks it

@@ -19,6 +19,25 @@ sys.path.insert(0, str(ROOT / "bench"))
 import chaos  # noqa: E402
 
 
+def test_the_worker_log_names_the_ids_of_deletes_it_never_saw() -> None:
+    """The harness reads the worker's unknown-delete line (topology.app) and keeps the ids of
+    artifacts its workload created: those lost their membership."""
+    line = (
+        "3 deletes of artifacts without a live membership, nothing emitted: "
+        "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a12 never seen (raw[0]@7), "
+        "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a13 deleted already (raw[0]@8), "
+        "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a14 never seen (raw[1]@2)"
+    )
+    assert chaos.NEVER_SEEN.findall(line) == [
+        "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a12",
+        "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a14",
+    ]
+    workload = chaos.generate(600, seed=3, partitions=2)
+    created = chaos.created_ids(workload)
+    creates = sum(m.kind.startswith("create") for r in workload.rounds for m in r)
+    assert 0 < len(created) <= creates
+
+
 def test_workload_is_deterministic() -> None:
     a = chaos.generate(600, seed=3, partitions=2, rounds=4)
     b = chaos.generate(600, seed=3, partitions=2, rounds=4)
@@ -66,6 +85,7 @@ def test_short_chaos_run_loses_and_changes_nothing(
     assert report.wrong == 0, table
     assert report.conflicting == 0, table
     assert report.dead_letter_mismatches == 0, table
+    assert report.created_taken_for_unknown == [], table  # no membership went missing
     assert report.offline_agrees, table
     for stream in report.streams.values():
         assert stream.seen == stream.expected > 0, table
