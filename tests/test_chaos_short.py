@@ -32,10 +32,15 @@ def test_the_worker_log_names_the_ids_of_deletes_it_never_saw() -> None:
         "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a12",
         "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a14",
     ]
-    workload = chaos.generate(600, seed=3, partitions=2)
+    workload = chaos.generate(2500, seed=3, partitions=2)
+    messages = [m for r in workload.rounds for m in r]
     created = chaos.created_ids(workload)
-    creates = sum(m.kind.startswith("create") for r in workload.rounds for m in r)
-    assert 0 < len(created) <= creates
+
+    def ids(kind: str) -> set[str]:
+        return {m.key.decode() for m in messages if m.kind == kind}
+
+    assert ids("create-first") and ids("create-first") <= created
+    assert ids("delete-unknown") and not ids("delete-unknown") & created
 
 
 def test_workload_is_deterministic() -> None:
