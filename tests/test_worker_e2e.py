@@ -230,14 +230,7 @@ def test_malformed_message_is_dead_lettered_and_the_next_one_processed(
 ) -> None:
     worker = start_worker(partitions=2, input_partitions=1)
     s = worker.settings
-    good = json.dumps(
-        {
-            "op": "update",
-            "occurred": "2026-11-24T10:00:00.123456Z",
-            "artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11",
-            "changes": {"description": "after the bad one"},
-        }
-    ).encode()
+    good = description_update("2026-11-24T10:00:00.123456Z", "after the bad one")
     bad = b'{"op": "create", "occurred": "not a time"'
     asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [bad, good]))
     dead = asyncio.run(consume(bootstrap_servers, s.dead_letter_topic, 1))
@@ -260,14 +253,7 @@ def test_a_delete_of_an_unknown_artifact_is_logged_with_where_it_came_from(
     s = worker.settings
     gone = "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a12"
     delete = json.dumps({"op": "delete", "occurred": "2026-11-24T10:00:00Z", "artifact_id": gone})
-    update = json.dumps(
-        {
-            "op": "update",
-            "occurred": "2026-11-24T10:00:01Z",
-            "artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11",
-            "changes": {"description": "after the delete"},
-        }
-    ).encode()
+    update = description_update("2026-11-24T10:00:01Z", "after the delete")
     asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [delete.encode(), update]))
     events = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 1))
     assert [v for _, v, _ in events] == offline_lines(update)
@@ -279,6 +265,18 @@ def test_a_delete_of_an_unknown_artifact_is_logged_with_where_it_came_from(
     while line not in worker.log.read_text():
         assert time.monotonic() < deadline, worker.log.read_text()[-2000:]
         time.sleep(0.2)
+
+
+def description_update(occurred: str, description: str) -> bytes:
+    """A PATCH of an artifact the worker never saw: its own event comes out all the same."""
+    return json.dumps(
+        {
+            "op": "update",
+            "occurred": occurred,
+            "artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11",
+            "changes": {"description": description},
+        }
+    ).encode()
 
 
 def offline_lines(raw: bytes) -> list[bytes]:
