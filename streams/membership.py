@@ -16,7 +16,8 @@ from streams.envelope import MAX_EVENT_BYTES, Event
 from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, ArtifactUpdate
 
 
-@dataclass(frozen=True, slots=True)
+# A per-message value, never mutated; not frozen for speed (streams.messages says why).
+@dataclass(slots=True)
 class Membership:
     """What is known of one artifact id: its collection key (None: unkeyed) and, once deleted,
     when (a tombstone, so that a replayed create cannot bring the artifact back; kept for the

@@ -22,7 +22,10 @@ from streams.timestamps import type_name
 Json = Any
 
 
-@dataclass(frozen=True, slots=True)
+# Per-message values (here, and Event, Membership, InRecord, Out, Source) are plain slotted
+# dataclasses and never mutated. Not frozen: a frozen dataclass's __init__ sets each field through
+# object.__setattr__ (785 ns against 168 for seven fields), which was 15% of the steps' instructions.
+@dataclass(slots=True)
 class Named:
     """A run-context part: an id and the name Prefect shows for it."""
 
@@ -30,7 +33,7 @@ class Named:
     name: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RunContext:
     """The client run context an operation happened in; every part optional."""
 
@@ -47,7 +50,7 @@ NO_CONTEXT = RunContext()
 CONTEXT_PARTS = ("flow_run", "task_run", "flow", "deployment", "work_queue", "work_pool")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Artifact:
     """An artifact as created; `data` is opaque JSON."""
 
@@ -61,7 +64,7 @@ class Artifact:
     created_us: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArtifactCreate:
     occurred_us: int
     context: RunContext
@@ -72,7 +75,7 @@ class ArtifactCreate:
         return self.artifact.id
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArtifactUpdate:
     """A PATCH: `changes` holds exactly the fields that were set, in Prefect's field order."""
 
@@ -82,7 +85,7 @@ class ArtifactUpdate:
     changes: dict[str, Json]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ArtifactDelete:
     occurred_us: int
     artifact_id: str
@@ -94,7 +97,7 @@ ArtifactOp = ArtifactCreate | ArtifactUpdate | ArtifactDelete
 UPDATABLE = ("data", "description", "metadata_")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Asset:
     """An asset key with the resource labels its properties give (empty: no properties set)."""
 
@@ -102,7 +105,7 @@ class Asset:
     labels: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Materialized:
     """A downstream asset of a task run and the materialization metadata recorded for it."""
 
@@ -110,7 +113,7 @@ class Materialized:
     metadata: dict[str, Json]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TaskResult:
     """One finished task run attempt (SPEC §2.2)."""
 

@@ -25,7 +25,9 @@ REASON_CODE = "prefect-dead-letter-code"
 Headers = Sequence[tuple[str, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
+# Source and Out are per-message values, never mutated; not frozen for speed (streams.messages
+# says why).
+@dataclass(slots=True)
 class Source:
     """Coordinates of the input record a message was first read from."""
 
@@ -46,7 +48,7 @@ class Source:
         return cls(h[SOURCE_TOPIC].decode(), int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Out:
     """One record to publish."""
 
