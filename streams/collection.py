@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from streams import artifacts
 from streams.artifacts import (
@@ -15,6 +14,7 @@ from streams.artifacts import (
     Version,
 )
 from streams.envelope import Event
+from streams.members import Members, Rank
 from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, ArtifactUpdate
 
 _NAMESPACE = uuid.UUID("5d3c4a8e-6f1b-4f0e-9a57-0c2b8e1d7a42")
@@ -27,27 +27,18 @@ def collection_id(key: str, first_artifact_id: str) -> str:
 
 @dataclass(slots=True)
 class Collection:
-    """The live artifacts of one key and which of them is the latest.
-
-    Members are kept by rank only (artifact id -> `created`); their versions (data, description,
-    run ids) live in records of their own (`VersionOf`), so an operation rewrites a few dozen bytes
-    per member here instead of every member's data: a key with many versions stays cheap, and its
-    record far below Kafka's message size limit."""
+    """Which live artifact of one key is the latest. The members themselves are a `Members`
+    (streams.members); their versions (data, description, run ids) live in records of their own
+    (`VersionOf`)."""
 
     id: str
     latest: str
-    members: dict[str, int]  # artifact id -> created_us
+    latest_created_us: int
 
-    def rank(self, artifact_id: str) -> tuple[int, str]:
+    @property
+    def latest_rank(self) -> Rank:
         """Latest = greatest `created`, ties broken by the greater id (Version.rank)."""
-        return (self.members[artifact_id], artifact_id)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "latest": self.latest, "members": self.members}
-
-    @classmethod
-    def from_json(cls, value: dict[str, Any]) -> Collection:
-        return cls(value["id"], value["latest"], value["members"])
+        return (self.latest_created_us, self.latest)
 
 
 VersionOf = Callable[[str], Version]  # a live member's version, by artifact id
@@ -62,38 +53,51 @@ class CollectionStep:
 
 
 def apply(
-    current: Collection | None, key: str, op: ArtifactOp, content: bytes, version_of: VersionOf
+    current: Collection | None,
+    members: Members,
+    key: str,
+    op: ArtifactOp,
+    content: bytes,
+    version_of: VersionOf,
 ) -> CollectionStep:
-    """Apply one operation that concerns collection `key`. Raises Invalid (nothing changes)."""
+    """Apply one operation that concerns collection `key`, updating `members` with it. Raises
+    Invalid before `members` changes (nothing changes then)."""
     if isinstance(op, ArtifactCreate):
-        return _create(current, key, op, content)
+        return _create(current, members, key, op, content)
     if isinstance(op, ArtifactUpdate):
-        return _update(current, op, version_of)
+        return _update(current, members, op, version_of)
     assert isinstance(op, ArtifactDelete)
-    return _delete(current, key, op, content, version_of)
+    return _delete(current, members, key, op, content, version_of)
 
 
-def _create(current: Collection | None, key: str, op: ArtifactCreate, content: bytes) -> CollectionStep:
+def _create(
+    current: Collection | None, members: Members, key: str, op: ArtifactCreate, content: bytes
+) -> CollectionStep:
     new = artifacts.version_of(op)
     if current is None:
-        coll = Collection(collection_id(key, new.id), new.id, {new.id: new.created_us})
+        coll = Collection(collection_id(key, new.id), new.id, new.created_us)
         event = artifacts.collection_event(COLLECTION_CREATED, op.occurred_us, key, coll.id, new, content)
-        return CollectionStep(coll, True, [event, artifacts.created_event(op, content)], {new.id: new})
-    if new.id in current.members:  # a producer retry: its own event again, state as it is
+        events = [event, artifacts.created_event(op, content)]
+        members.add(new.id, new.created_us)
+        return CollectionStep(coll, True, events, {new.id: new})
+    if new.id in members:  # a producer retry: its own event again, state as it is
         return CollectionStep(current, False, [artifacts.created_event(op, content)])
-    members = {**current.members, new.id: new.created_us}
-    if new.rank > current.rank(current.latest):
-        coll = Collection(current.id, new.id, members)
+    if new.rank > current.latest_rank:
+        coll = Collection(current.id, new.id, new.created_us)
         event = artifacts.collection_event(COLLECTION_UPDATED, op.occurred_us, key, coll.id, new, content)
-        return CollectionStep(coll, True, [event, artifacts.created_event(op, content)], {new.id: new})
-    coll = Collection(current.id, current.latest, members)
-    return CollectionStep(coll, True, [artifacts.created_event(op, content)], {new.id: new})
+        events = [event, artifacts.created_event(op, content)]
+    else:
+        coll, events = current, [artifacts.created_event(op, content)]
+    members.add(new.id, new.created_us)
+    return CollectionStep(coll, True, events, {new.id: new})
 
 
-def _update(current: Collection | None, op: ArtifactUpdate, version_of: VersionOf) -> CollectionStep:
+def _update(
+    current: Collection | None, members: Members, op: ArtifactUpdate, version_of: VersionOf
+) -> CollectionStep:
     """A PATCH changes what later collection events carry; it emits no collection event itself.
     The collection counts as changed: its record keeps the replay mark of the PATCH."""
-    if current is None or op.artifact_id not in current.members:
+    if current is None or op.artifact_id not in members:
         return CollectionStep(current)
     old = version_of(op.artifact_id)
     patched = Version(
@@ -109,27 +113,26 @@ def _update(current: Collection | None, op: ArtifactUpdate, version_of: VersionO
 
 
 def _delete(
-    current: Collection | None, key: str, op: ArtifactDelete, content: bytes, version_of: VersionOf
+    current: Collection | None,
+    members: Members,
+    key: str,
+    op: ArtifactDelete,
+    content: bytes,
+    version_of: VersionOf,
 ) -> CollectionStep:
-    if current is None or op.artifact_id not in current.members:
+    if current is None or op.artifact_id not in members:
         return CollectionStep(current)
     forgotten: dict[str, Version | None] = {op.artifact_id: None}
-    members = {aid: created for aid, created in current.members.items() if aid != op.artifact_id}
     if op.artifact_id != current.latest:
-        return CollectionStep(Collection(current.id, current.latest, members), True, [], forgotten)
-    if not members:
+        members.remove(op.artifact_id)
+        return CollectionStep(current, True, [], forgotten)
+    following = members.best(excluding=op.artifact_id)
+    if following is None:
         gone = version_of(op.artifact_id)
         event = artifacts.collection_event(COLLECTION_DELETED, op.occurred_us, key, current.id, gone, content)
+        members.remove(op.artifact_id)
         return CollectionStep(None, True, [event], forgotten)
-    remaining = Collection(current.id, current.latest, members)
-    latest = version_of(max(members, key=remaining.rank))
+    latest = version_of(following[1])
     event = artifacts.collection_event(COLLECTION_UPDATED, op.occurred_us, key, current.id, latest, content)
-    return CollectionStep(Collection(current.id, latest.id, members), True, [event], forgotten)
-
-
-def version_to_json(v: Version) -> list[Any]:
-    return [v.created_us, v.type, v.data, v.description, v.flow_run_id, v.task_run_id]
-
-
-def version_from_json(artifact_id: str, value: list[Any]) -> Version:
-    return Version(artifact_id, *value)
+    members.remove(op.artifact_id)
+    return CollectionStep(Collection(current.id, latest.id, latest.created_us), True, [event], forgotten)

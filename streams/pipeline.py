@@ -16,6 +16,7 @@ from streams.collection import Collection
 from streams.envelope import Event
 from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
+from streams.members import MemberSet
 from streams.membership import Membership
 from streams.messages import parse_artifact_op, parse_task_result
 
@@ -36,6 +37,7 @@ class Outcome:
 class ArtifactPipeline:
     memberships: dict[str, Membership] = field(default_factory=dict)
     collections: dict[str, Collection] = field(default_factory=dict)
+    members: dict[str, MemberSet] = field(default_factory=dict)  # by collection key
     versions: dict[str, Version] = field(default_factory=dict)  # collection members, by artifact id
 
     def process(self, raw: bytes) -> Outcome:
@@ -45,12 +47,14 @@ class ArtifactPipeline:
             events = list(step.events)
             if step.forward_to is not None:
                 key = step.forward_to
+                members = self.members.get(key) or MemberSet()
                 coll_step = collection.apply(
-                    self.collections.get(key), key, op, raw, self.versions.__getitem__
+                    self.collections.get(key), members, key, op, raw, self.versions.__getitem__
                 )
                 events.extend(coll_step.events)
                 if coll_step.changed:
                     _put(self.collections, key, coll_step.collection)
+                    _put(self.members, key, members if coll_step.collection else None)
                 for artifact_id, version in coll_step.versions.items():
                     _put(self.versions, artifact_id, version)
         except Invalid as exc:

@@ -267,9 +267,9 @@ def test_random_operation_sequences_keep_latest_the_max_of_live_members(ops):
         assert set(pipeline.collections) == set(live)
         for key, members in live.items():
             coll = pipeline.collections[key]
-            assert set(coll.members) == set(members)
+            assert set(pipeline.members[key]) == set(members)
             assert coll.latest == max(members.values())[1]
-            assert coll.latest == max(coll.members, key=coll.rank)
+            assert coll.latest_rank == pipeline.members[key].best()
         # a version record for every live member, and none left behind
         assert set(pipeline.versions) == {aid for members in live.values() for aid in members}
 

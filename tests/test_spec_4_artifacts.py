@@ -86,7 +86,8 @@ class Run:
         return h.strip_ids(h.parsed(self.last.events))
 
     def state(self):
-        return copy.deepcopy((self.pipeline.memberships, self.pipeline.collections))
+        p = self.pipeline
+        return copy.deepcopy((p.memberships, p.collections, p.members, p.versions))
 
 
 # --- create -----------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def test_older_version_arriving_later_only_creates_and_keeps_the_latest():
     run.feed(newer)
     assert run.feed(older) == [created_event(older)]
     coll = run.pipeline.collections[KEY]
-    assert coll.latest == V2 and set(coll.members) == {V1, V2}
+    assert coll.latest == V2 and set(run.pipeline.members[KEY]) == {V1, V2}
     # and the older one really is a member: deleting the latest re-points to it
     assert run.feed(h.delete(V2, 20)) == [
         coll_event(UPDATED, None, 20, older, collection_id(KEY, V2))
@@ -271,7 +272,7 @@ def test_delete_of_a_non_latest_emits_nothing():
     _three_versions(run)
     assert run.feed(h.delete(V1, 5)) == []
     assert run.last.unknown_delete is False
-    assert set(run.pipeline.collections[KEY].members) == {V2, V3}
+    assert set(run.pipeline.members[KEY]) == {V2, V3}
 
 
 def test_delete_of_latest_repoints_to_newest_remaining_with_its_runs():
@@ -384,7 +385,7 @@ def test_create_whose_collection_event_is_too_large_is_a_dead_letter_and_never_h
     assert outcome.events == []
     assert outcome.dead_letter is not None and outcome.dead_letter.code == "event_too_large"
     assert "prefect.artifact-collection.created" in outcome.dead_letter.reason
-    assert run.state() == ({}, {})
+    assert run.state() == ({}, {}, {}, {})
     good = h.create(V2, KEY, 1)
     assert run.feed(good) == [coll_event(CREATED, good, 1, good, collection_id(KEY, V2)),
                               created_event(good)]

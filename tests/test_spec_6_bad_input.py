@@ -15,6 +15,7 @@ import orjson
 import pytest
 import spec_helpers as h
 
+from streams import collection_record
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from topology import steps
 from topology.steps import InRecord, Topics
@@ -72,14 +73,14 @@ def test_bad_artifact_message_is_a_dead_letter_and_never_happened(bad, code):
              h.delete(V1, at=6)]
     pipeline = ArtifactPipeline()
     h.raw_events(pipeline, before)
-    state = copy.deepcopy((pipeline.memberships, pipeline.collections))
+    state = copy.deepcopy(_state(pipeline))
     outcome = pipeline.process(h.encode(bad))
     assert outcome.events == []
     assert outcome.dead_letter is not None
     assert outcome.dead_letter.code == code
     assert outcome.dead_letter.reason.strip() and "\n" not in outcome.dead_letter.reason
     assert len(outcome.dead_letter.reason) < 500
-    assert (pipeline.memberships, pipeline.collections) == state
+    assert _state(pipeline) == state
     with_bad = [e.value for e in h.raw_events(pipeline, after)]
     clean = ArtifactPipeline()
     h.raw_events(clean, before)
@@ -173,6 +174,10 @@ class Table(dict):
         if "after" in phases:
             for key in result.deletes_after:
                 self.pop(key, None)
+
+
+def _state(p):
+    return (p.memberships, p.collections, p.members, p.versions)
 
 
 def _check_dead_letter(out, record, code):
@@ -357,8 +362,9 @@ COLLECTION_CHANGES = [
     ],
 )
 def test_a_crash_between_a_collection_batchs_state_writes_replays_exactly(written, replayed):
-    """Member versions are durable before their collection record and forgotten after it, so a
-    replay after a crash between the writes finds what the first run read (streams.replay)."""
+    """Member pages and versions are durable before their collection record and forgotten after
+    it, so a replay after a crash between the writes finds what the first run read
+    (streams.replay, streams.members)."""
     records = _by_key(COLLECTION_HISTORY + COLLECTION_CHANGES)
     history, batch = records[: len(COLLECTION_HISTORY)], records[len(COLLECTION_HISTORY) :]
     table = Table()
@@ -367,8 +373,9 @@ def test_a_crash_between_a_collection_batchs_state_writes_replays_exactly(writte
     [event] = first.outputs
     assert dict(event.headers)["prefect-event"] == b"prefect.artifact-collection.updated"
     assert orjson.loads(event.value)["payload"]["data"] == "one, patched"
-    assert set(first.writes_before) == {steps.version_key(V1)}
-    assert set(first.deletes_after) == {steps.version_key(V2)}
+    page = collection_record.page_key(b"report", 0)  # both members' page, V2 stamped removed
+    assert set(first.writes_before) == {collection_record.version_key(V1), page}
+    assert set(first.deletes_after) == {collection_record.version_key(V2)}
     table.write(first, written)
 
     second = _collections(batch, table)
@@ -381,7 +388,7 @@ def test_a_crash_between_a_collection_batchs_state_writes_replays_exactly(writte
         )
     else:
         assert second.outputs == [] and second.replays_skipped == len(batch)
-        assert steps.version_key(V2) in table  # left behind: nothing refers to it any more
+        assert collection_record.version_key(V2) in table  # left behind: nothing refers to it any more
 
 
 def test_replayed_updates_are_skipped_once_handed_on():

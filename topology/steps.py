@@ -15,14 +15,14 @@ from typing import Any
 
 import orjson
 
-from streams import collection, lineage, membership, replay
+from streams import collection, collection_record, lineage, membership, replay
 from streams.artifacts import Version
-from streams.collection import Collection
+from streams.collection_record import CollectionState
 from streams.envelope import Event
 from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
 from streams.membership import Membership
-from streams.messages import parse_artifact_op, parse_task_result
+from streams.messages import ArtifactUpdate, parse_artifact_op, parse_task_result
 from topology.records import (
     Headers,
     Out,
@@ -87,9 +87,9 @@ class UnknownDelete:
 class BatchResult:
     outputs: list[Out] = field(default_factory=list)
     writes: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # key → (partition, value)
-    # Records that `writes` refer to (collection members' versions): durable before `writes`, so
-    # a message skipped as a replay (streams.replay) finds them; and deleted only once `writes`
-    # are durable, so a message applied again finds what it read the first time.
+    # Records that `writes` refer to (collection member pages and versions): durable before
+    # `writes`, so a message skipped as a replay (streams.replay) finds them; and deleted only
+    # once `writes` are durable, so a message applied again finds what it read the first time.
     writes_before: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)
     deletes_after: dict[bytes, int] = field(default_factory=dict)  # key → partition
     emitted: Counter[str] = field(default_factory=Counter)
@@ -215,7 +215,7 @@ def _apply_keyed(
     events_topic: str,
     key_of: Callable[[InRecord, Any], bytes | None],
     identity: Callable[[InRecord, Source], tuple[str, int]],
-    decode: Callable[[Any], Any],
+    decode: Callable[[bytes, int, Any], Any],
     encode: Callable[[Any], Any],
     apply: Callable[[Any, bytes, InRecord, Any, bytes], Applied],
     route: Callable[[InRecord, Any], Out | None],
@@ -252,7 +252,7 @@ def _apply_keyed(
             entry = records.get(key)
             if entry is None:
                 stamped = Stamped.load(load(key, record.partition))
-                state = None if stamped.state is None else decode(stamped.state)
+                state = decode(key, record.partition, stamped.state)
                 entry = records[key] = _Record(stamped.seen, state, record.partition)
             lane, lane_offset = identity_of_record or identity(record, source)
             if replay.is_replay(entry.seen, lane, lane_offset):
@@ -281,6 +281,11 @@ def _apply_keyed(
             state = None if entry.state is None else encode(entry.state)
             result.writes[key] = (entry.partition, Stamped(entry.seen, state).dump())
     return result
+
+
+def _decoded(from_json: Callable[[Any], Any]) -> Callable[[bytes, int, Any], Any]:
+    """A decoder for state that is one record per key: None stays None."""
+    return lambda key, partition, value: None if value is None else from_json(value)
 
 
 def _raw_identity(record: InRecord, source: Source) -> tuple[str, int]:
@@ -342,7 +347,7 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         events_topic=topics.artifact_events,
         key_of=lambda record, op: op.artifact_id.encode(),
         identity=_raw_identity,
-        decode=Membership.from_json,
+        decode=_decoded(Membership.from_json),
         encode=Membership.to_json,
         apply=apply,
         route=_rekey_unless_local(topics, topics.artifacts_by_id, lambda op: op.artifact_id.encode()),
@@ -353,30 +358,64 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
 
 
 def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
-    """Collections by key, and their members' versions in records of their own (`version_key`),
-    in the collection key's partition."""
-    versions: dict[str, tuple[int, Version | None]] = {}  # this batch's, by artifact id
+    """Collections by key, with their member pages and their members' versions in records of their
+    own (streams.collection_record), all in the collection key's partition."""
+    states: list[tuple[bytes, int, CollectionState]] = []  # every key the batch read
+    versions: dict[str, _VersionWrite] = {}  # this batch's, by artifact id
+    stored: dict[str, tuple[Version, int] | None] = {}  # versions as of their collection record
 
-    def version_of(key: bytes, partition: int) -> collection.VersionOf:
+    def stored_version(artifact_id: str, partition: int, as_of: int) -> tuple[Version, int] | None:
+        if artifact_id not in stored:
+            raw = load(collection_record.version_key(artifact_id), partition)
+            stored[artifact_id] = (
+                None
+                if raw is None
+                else collection_record.version_from_json(artifact_id, orjson.loads(raw), as_of)
+            )
+        return stored[artifact_id]
+
+    def decode(key: bytes, partition: int, value: Any) -> CollectionState:
+        def stored_page(artifact_id: str) -> int | None:
+            found = stored_version(artifact_id, partition, state.members.as_of)
+            return None if found is None else found[1]
+
+        state = collection_record.decode(
+            value, lambda page: load(collection_record.page_key(key, page), partition), stored_page
+        )
+        states.append((key, partition, state))
+        return state
+
+    def version_of(key: bytes, partition: int, as_of: int) -> collection.VersionOf:
         def get(artifact_id: str) -> Version:
             if artifact_id in versions:
-                version = versions[artifact_id][1]
+                version = versions[artifact_id].version
             else:
-                raw = load(version_key(artifact_id), partition)
-                version = (
-                    None if raw is None else collection.version_from_json(artifact_id, orjson.loads(raw))
-                )
+                found = stored_version(artifact_id, partition, as_of)
+                version = None if found is None else found[0]
             if version is None:  # written before its collection, forgotten after: cannot happen
                 raise LookupError(f"collection {key!r}: no version of its member {artifact_id}")
             return version
 
         return get
 
-    def apply(current: Collection | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
-        step = collection.apply(current, key.decode(), op, raw, version_of(key, record.partition))
+    def apply(state: CollectionState, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
+        members, partition = state.members, record.partition
+        step = collection.apply(
+            state.collection, members, key.decode(), op, raw, version_of(key, partition, members.as_of)
+        )
+        if isinstance(op, ArtifactUpdate) and step.versions:
+            members.stamp()  # adds and removes stamp themselves
         for artifact_id, version in step.versions.items():
-            versions[artifact_id] = (record.partition, version)
-        return Applied(step.collection, step.changed, step.events)
+            earlier = versions.get(artifact_id)
+            if earlier is None:  # its first change in this batch: what it was before
+                found = stored_version(artifact_id, partition, members.as_of)
+                since, before = members.seq, None if found is None else found[0]
+            else:
+                since, before = earlier.since, earlier.before
+            page = None if version is None else members.page_of(artifact_id)
+            versions[artifact_id] = _VersionWrite(partition, version, page, since, before)
+        state.collection = step.collection
+        return Applied(state, step.changed, step.events)
 
     result = _apply_keyed(
         topics,
@@ -386,24 +425,36 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         events_topic=topics.artifact_events,
         key_of=lambda record, op: _key(record),
         identity=_via_identity,
-        decode=Collection.from_json,
-        encode=Collection.to_json,
+        decode=decode,
+        encode=CollectionState.to_json,
         apply=apply,
         route=_stay,
     )
-    for artifact_id, (partition, version) in versions.items():
-        if version is None:
-            result.deletes_after[version_key(artifact_id)] = partition
+    # Pages and versions first, durable before the collection records that refer to them; those
+    # left without a member deleted once the records are (streams.members, streams.replay).
+    for key, partition, state in states:
+        for page, value in state.members.written():
+            result.writes_before[collection_record.page_key(key, page)] = (partition, value)
+        for page in state.members.emptied:
+            result.deletes_after[collection_record.page_key(key, page)] = partition
+    for artifact_id, w in versions.items():
+        vkey = collection_record.version_key(artifact_id)
+        if w.version is None:
+            result.deletes_after[vkey] = w.partition
         else:
-            value = orjson.dumps(collection.version_to_json(version))
-            result.writes_before[version_key(artifact_id)] = (partition, value)
+            assert w.page is not None, artifact_id  # a live member has a page
+            record = collection_record.version_to_json(w.version, w.page, w.since, w.before)
+            result.writes_before[vkey] = (w.partition, orjson.dumps(record))
     return result
 
 
-def version_key(artifact_id: str) -> bytes:
-    """A member's version record, beside the collections in their table: 0xFF never occurs in
-    UTF-8, so it cannot collide with a collection key."""
-    return b"\xff" + artifact_id.encode()
+@dataclass(slots=True)
+class _VersionWrite:
+    partition: int
+    version: Version | None  # None: forgotten
+    page: int | None
+    since: int  # the collection's change that first changed it in this batch
+    before: Version | None  # as of the collection record the batch read
 
 
 # --- assets: flow run → lineage ---------------------------------------------------------------
@@ -427,7 +478,7 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
         events_topic=topics.asset_events,
         key_of=lambda record, result: None if result.flow_run_id is None else result.flow_run_id.encode(),
         identity=_raw_identity,
-        decode=FlowRunLineage.from_json,
+        decode=_decoded(FlowRunLineage.from_json),
         encode=FlowRunLineage.to_json,
         apply=apply,
         route=_rekey_unless_local(topics, topics.task_results_by_flow_run, _flow_run_key),

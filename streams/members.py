@@ -1,0 +1,226 @@
+"""A collection's live members by rank: what `streams.collection` needs to re-point "latest".
+
+Two forms behind one protocol. `MemberSet` holds them in a dict (the offline pipeline).
+`MemberPages` is the worker's: members in pages of up to `PAGE_SIZE`, each page a record of its
+own beside the collection's, and the collection record holding only a summary per page (live
+count and best member). An operation rewrites one page and the summary, so a key's cost no longer
+grows with its versions the way a record holding every member did (README, Performance, note 8),
+and a key reaches Kafka's 1 MB message limit at ~1M live versions instead of ~15,000.
+
+Pages and the replay rule (streams.replay). Pages are written before their collection record and
+deleted after it, like members' versions, so a message replayed after a crash can find a page that
+already holds what its first run did. Each entry is therefore stamped with the mutation that added
+it and the one that removed it (`seq` counts a key's mutations and is kept in the collection
+record), and a page is read as of the collection record's `seq`: later additions are dropped,
+later removals undone, and earlier removals compacted away, so the replay sees exactly what the
+first run saw and does the same again, stamp for stamp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+PAGE_SIZE = 64  # live members a page takes before a new one is opened
+INLINE = -1  # the "page" of members kept inside the collection record (state from before pages)
+
+Rank = tuple[int, str]  # (created_us, artifact id): the latest is the greatest
+Entry = list[Any]  # [created_us, added (seq), removed (seq) or None]
+
+
+class Members(Protocol):
+    """The live artifacts of one collection key, by artifact id."""
+
+    def __contains__(self, artifact_id: str) -> bool: ...
+
+    def add(self, artifact_id: str, created_us: int) -> None: ...
+
+    def remove(self, artifact_id: str) -> None: ...
+
+    def best(self, excluding: str | None = None) -> Rank | None:
+        """The greatest rank among live members other than `excluding`."""
+        ...
+
+
+@dataclass(slots=True)
+class MemberSet:
+    created: dict[str, int] = field(default_factory=dict)  # artifact id -> created_us
+
+    def __contains__(self, artifact_id: str) -> bool:
+        return artifact_id in self.created
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.created)
+
+    def add(self, artifact_id: str, created_us: int) -> None:
+        self.created[artifact_id] = created_us
+
+    def remove(self, artifact_id: str) -> None:
+        del self.created[artifact_id]
+
+    def best(self, excluding: str | None = None) -> Rank | None:
+        return max(((c, a) for a, c in self.created.items() if a != excluding), default=None)
+
+
+class MemberPages:
+    """One key's pages, as of its collection record, for one batch; `written()` and `emptied` are
+    what the batch must write before the collection record and delete after it.
+
+    `load_page(n)` reads page n's stored record; `stored_page(artifact_id)` is the page a member's
+    stored version names (INLINE for versions written before pages, None without a version)."""
+
+    def __init__(
+        self,
+        summary: dict[str, Any] | None,
+        load_page: Callable[[int], bytes | None],
+        stored_page: Callable[[str], int | None],
+        inline: dict[str, int] | None = None,
+    ) -> None:
+        summary = summary or {}
+        self.seq: int = summary.get("seq", 0)
+        self.next_page: int = summary.get("next", 0)
+        self.open: int | None = summary.get("open")
+        # page -> [live count, created_us of its best, id of its best]
+        self.pages: dict[int, list[Any]] = {p[0]: p[1:] for p in summary.get("pages", ())}
+        self._as_of: int = self.seq
+        self._load_page, self._stored_page = load_page, stored_page
+        self._entries: dict[int, dict[str, Entry]] = {}
+        self.placed: dict[str, int] = {}  # members added by this batch -> their page
+        self.changed: set[int] = set()
+        self.emptied: set[int] = set()
+        if inline is None:
+            inline = summary.get("inline")
+        if inline:  # a collection record from before pages: its members stay in it until deleted
+            self._entries[INLINE] = {aid: [created, 0, None] for aid, created in inline.items()}
+            self.pages[INLINE] = _summarize(self._entries[INLINE])
+
+    # --- Members ---------------------------------------------------------------------------------
+
+    def __contains__(self, artifact_id: str) -> bool:
+        entry = self._entry(artifact_id)
+        return entry is not None and entry[2] is None
+
+    def add(self, artifact_id: str, created_us: int) -> None:
+        self.stamp()
+        entry = self._entry(artifact_id)
+        page = self.page_of(artifact_id)
+        if entry is not None and page is not None:
+            # Removed earlier in this batch (earlier removals are compacted away), which the
+            # membership step's tombstones rule out; kept exact all the same: live again where it
+            # was, with the stamp it had as of the collection record, where a replay finds it.
+            assert entry[2] is not None, f"{artifact_id} is a member already"
+            entry[0], entry[2] = created_us, None
+            self.emptied.discard(page)
+            self.pages.setdefault(page, [0, None, None])
+        else:
+            if self.open is None or self.pages[self.open][0] >= PAGE_SIZE:
+                self.open, self.next_page = self.next_page, self.next_page + 1
+                self.pages[self.open] = [0, None, None]
+            page = self.open
+            self._page(page)[artifact_id] = [created_us, self.seq, None]
+        summary = self.pages[page]
+        summary[0] += 1
+        if summary[1] is None or (created_us, artifact_id) > (summary[1], summary[2]):
+            summary[1], summary[2] = created_us, artifact_id
+        self.placed[artifact_id] = page
+        self.changed.add(page)
+
+    def remove(self, artifact_id: str) -> None:
+        page = self.page_of(artifact_id)
+        entry = self._entry(artifact_id)
+        assert page is not None and entry is not None and entry[2] is None, artifact_id
+        entry[2] = self.stamp()
+        self.changed.add(page)
+        summary = self.pages[page]
+        summary[0] -= 1
+        if summary[0] == 0:
+            del self.pages[page]
+            if page != INLINE:
+                self.emptied.add(page)
+            if page == self.open:
+                self.open = None
+        elif summary[2] == artifact_id:
+            self.pages[page] = _summarize(self._page(page))
+
+    def best(self, excluding: str | None = None) -> Rank | None:
+        best: Rank | None = None
+        for page, (_, created, aid) in self.pages.items():
+            candidate: Rank | None = (created, aid)
+            if aid == excluding:
+                candidate = max(
+                    ((e[0], a) for a, e in self._page(page).items() if e[2] is None and a != excluding),
+                    default=None,
+                )
+            if candidate is not None and (best is None or candidate > best):
+                best = candidate
+        return best
+
+    # --- storage ---------------------------------------------------------------------------------
+
+    def stamp(self) -> int:
+        """Count one change of the collection (a member added or removed, a version patched)."""
+        self.seq += 1
+        return self.seq
+
+    @property
+    def as_of(self) -> int:
+        """The collection record's count of changes, which this batch reads records as of."""
+        return self._as_of
+
+    def page_of(self, artifact_id: str) -> int | None:
+        placed = self.placed.get(artifact_id)
+        return placed if placed is not None else self._stored_page(artifact_id)
+
+    def summary(self) -> dict[str, Any]:
+        """The collection record's part: counters and each stored page's live count and best."""
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "next": self.next_page,
+            "open": self.open,
+            "pages": [[page, *s] for page, s in sorted(self.pages.items()) if page != INLINE],
+        }
+        if INLINE in self.pages:
+            out["inline"] = {a: e[0] for a, e in self._entries[INLINE].items() if e[2] is None}
+        return out
+
+    def written(self) -> Iterator[tuple[int, bytes]]:
+        """Pages this batch changed, with their removals since the collection record kept as
+        stamps: durable before the record (a replay reads them as of it)."""
+        for page in sorted(self.changed - {INLINE}):
+            yield page, orjson.dumps(self._entries[page])
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def _entry(self, artifact_id: str) -> Entry | None:
+        page = self.page_of(artifact_id)
+        if page is None or (page not in self.pages and page not in self.emptied):
+            return None
+        return self._page(page).get(artifact_id)
+
+    def _page(self, page: int) -> dict[str, Entry]:
+        entries = self._entries.get(page)
+        if entries is None:
+            raw = None if page == INLINE else self._load_page(page)
+            entries = self._entries[page] = {} if raw is None else self._as_of_record(orjson.loads(raw))
+        return entries
+
+    def _as_of_record(self, stored: dict[str, Entry]) -> dict[str, Entry]:
+        """The page as the collection record knows it: what a crashed run of a later batch added is
+        dropped and what it removed is live again; what was removed before is compacted away."""
+        seq, out = self.as_of, {}
+        for aid, (created, added, removed) in stored.items():
+            if added > seq or (removed is not None and removed <= seq):
+                continue
+            out[aid] = [created, added, None]
+        return out
+
+
+def _summarize(entries: dict[str, Entry]) -> list[Any]:
+    live = [(e[0], a) for a, e in entries.items() if e[2] is None]
+    if not live:
+        return [0, None, None]
+    created, aid = max(live)
+    return [len(live), created, aid]
