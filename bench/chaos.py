@@ -738,7 +738,18 @@ def expected_offline(paths: dict[str, Path], out: Path) -> Expected:
     return Expected(events, records, {}, dead, conflicts)
 
 
-def _cli() -> list[str]:
+PAGE_SIZE_ENV = "CHAOS_PAGE_SIZE"
+# `prefect-events` with streams.members.PAGE_SIZE set from the environment (Config.page_size).
+_WITH_PAGE_SIZE = (
+    "import os, sys; import streams.members as m; "
+    f"m.PAGE_SIZE = int(os.environ[{PAGE_SIZE_ENV!r}]); "
+    "from topology.cli import main; sys.exit(main())"
+)
+
+
+def _cli(env: dict[str, str] | None = None) -> list[str]:
+    if env is not None and PAGE_SIZE_ENV in env:
+        return [sys.executable, "-c", _WITH_PAGE_SIZE]
     script = Path(sys.executable).with_name("prefect-events")
     return [str(script)] if script.exists() else [sys.executable, "-m", "topology.cli"]
 
@@ -782,7 +793,7 @@ class Workers:
         env = dict(self.env)
         env["PREFECT_EVENTS_DATA_DIR"] = str(self.out / f"data-{self.spawned:03d}")
         proc = subprocess.Popen(
-            [*_cli(), "worker"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
+            [*_cli(env), "worker"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
         )
         slot = Slot(name, proc, log, time.monotonic())
@@ -875,6 +886,9 @@ class Config:
     # internal hops crawl as the run grows (README, "Tansu's defects"). 100 ms is the worker's own
     # default and serves ~160k batches per partition.
     fetch_wait_ms: int = 100
+    # Members a collection page takes (streams.members.PAGE_SIZE, 64): smaller makes the chaos
+    # workload's keys, a few dozen versions each, fill, empty and re-point pages under the kills.
+    page_size: int | None = None
     verbose: bool = True
 
 
@@ -1087,6 +1101,8 @@ def _env(bootstrap: str, tag: str, cfg: Config) -> dict[str, str]:
         env["PREFECT_EVENTS_SESSION_TIMEOUT_S"] = str(cfg.session_timeout_s)
     if cfg.one_record_batches:
         env["PREFECT_EVENTS_PRODUCER_MAX_BATCH_BYTES"] = "1"
+    if cfg.page_size is not None:
+        env[PAGE_SIZE_ENV] = str(cfg.page_size)
     return env
 
 
@@ -1561,9 +1577,14 @@ def main(argv: Iterable[str] | None = None) -> int:
                    help="worker consumer group session timeout, seconds (default: the worker's)")
     p.add_argument("--fetch-wait-ms", type=int, default=100,
                    help="the worker's fetch wait, ms (default 100, the worker's own default)")
+    p.add_argument("--page-size", type=int, default=None,
+                   help="members a collection page takes (default: the worker's 64; 2 makes "
+                        "pages fill, empty and re-point all the time)")
     p.add_argument("--out", type=Path, default=None, help="directory for inputs, logs, details")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     args = p.parse_args(list(argv) if argv is not None else None)
+    if args.page_size is not None and args.page_size < 1:
+        p.error("--page-size must be >= 1")
     if args.messages < 100 or args.kills < 0 or args.partitions < 1 or args.fetch_wait_ms < 0:
         p.error("--messages must be >= 100, --kills >= 0, --partitions >= 1, --fetch-wait-ms >= 0")
     cfg = Config(
@@ -1571,7 +1592,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         rounds=args.rounds, rate=args.rate, rebalance=not args.no_rebalance,
         barrier_timeout_s=args.barrier_timeout, out_dir=args.out,
         commit_interval_s=args.commit_interval, session_timeout_s=args.session_timeout,
-        fetch_wait_ms=args.fetch_wait_ms, verbose=not args.quiet,
+        fetch_wait_ms=args.fetch_wait_ms, page_size=args.page_size, verbose=not args.quiet,
     )
     report = run(cfg)
     print(report.table())

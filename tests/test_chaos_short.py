@@ -81,6 +81,7 @@ def test_short_chaos_run_loses_and_changes_nothing(
         # otherwise; README, embedded broker).
         session_timeout_s=6.0,
         one_record_batches=broker_kind == "embedded",
+        page_size=2,  # collection pages fill, empty and re-point under the kills
     )
     report = chaos.run(cfg)
     table = report.table()
