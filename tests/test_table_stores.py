@@ -8,6 +8,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+import faust
 import pytest
 
 from topology import config
@@ -92,19 +93,58 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
         {b"silent": (partition_for(b"silent", 4), silent), b"recent": (0, recent)}
     )
     worker.watermarks["flow runs"] = 9 * day_us
-    changelog: list[tuple[str, list[tuple[bytes, int, bytes | None]]]] = []
+    changelog: list[tuple[str, bytes | None, bytes | None, int | None]] = []
 
-    async def write_changelog(table: Any, records: list[tuple[bytes, int, bytes | None]]) -> None:
-        changelog.append((table.name, records))
+    async def publish(outputs: Any) -> dict[tuple[str, int], int]:
+        changelog.extend((o.topic, o.key, o.value, o.partition) for o in outputs)
+        return {}
 
-    worker._write_changelog = write_changelog  # type: ignore[method-assign]
+    worker._publish = publish  # type: ignore[method-assign]
     asyncio.run(worker.sweep())
 
     assert dict(worker.lineage.data.items()) == {b"recent": recent}
-    assert changelog == [("flow-run-lineage", [(b"silent", partition_for(b"silent", 4), None)])]
+    topic = worker.lineage.changelog_topic.get_topic_name()
+    assert changelog == [(topic, b"silent", None, partition_for(b"silent", 4))]
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
 def test_the_worker_caps_glibcs_malloc_arenas_unless_the_environment_says_otherwise() -> None:
     assert limit_malloc_arenas(environ={}) is True
     assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "8"}) is False
+
+
+@pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
+async def test_local_state_follows_its_acknowledged_changelog(
+    tmp_path: Path, store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restart keeps its RocksDB directory and reads only the changelog after its persisted
+    offset: a local write a SIGKILL kept from its changelog would mark input as applied in this
+    worker alone. So nothing is written locally until the changelog records are acknowledged,
+    and the persisted offset is the acknowledged one."""
+    settings = config.load({"store": store, "data_dir": str(tmp_path)}, environ={})
+    worker = Worker(settings)
+    table = worker.collections
+    local = LocalStore(table)
+    topic = table.changelog_topic.get_topic_name()
+    partition = partition_for(b"k", settings.partitions)
+    held_while_in_flight: list[bytes | None] = []
+
+    async def killed_before_the_ack(outputs: Any) -> dict[tuple[str, int], int]:
+        held_while_in_flight.append(local.get(b"k", partition))
+        raise ConnectionError("SIGKILL before the broker answered")
+
+    monkeypatch.setattr(worker, "_publish", killed_before_the_ack)
+    with pytest.raises(ConnectionError):
+        await worker._store(table, local, {b"k": (partition, b"v1")})
+    assert held_while_in_flight == [None] and local.get(b"k", partition) is None
+
+    async def acknowledged(outputs: Any) -> dict[tuple[str, int], int]:
+        held_while_in_flight.append(local.get(b"k", partition))
+        return {(topic, partition): 41}
+
+    monkeypatch.setattr(worker, "_publish", acknowledged)
+    await worker._store(table, local, {b"k": (partition, b"v1")})
+    assert held_while_in_flight == [None, None] and local.get(b"k", partition) == b"v1"
+    if store == "rocksdb://":
+        tp = faust.types.TP(topic, partition)
+        assert table.data.persisted_offset(tp) == 41  # type: ignore[attr-defined]

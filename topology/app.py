@@ -146,6 +146,12 @@ class Worker:
         self.memberships = self._table("artifact-memberships")
         self.collections = self._table("artifact-collections")
         self.lineage = self._table("flow-run-lineage")
+        # A table's step and the retention sweep each read state, publish its changes and then
+        # write them locally (Worker._store): one at a time, so neither reads what the other has
+        # published but not yet written.
+        self._writing = {
+            table.name: asyncio.Lock() for table in (self.memberships, self.collections, self.lineage)
+        }
         retention = s.lineage_retention_us
         # The stateful steps read the raw topics themselves: records the producer keyed the
         # advised way are applied where they are, the others re-keyed onto the internal topic.
@@ -228,39 +234,44 @@ class Worker:
         batch = [_record(m) for m in messages]
         for topic, count in Counter(r.topic for r in batch if self.topics.is_raw(r.topic)).items():
             self.metrics.input(topic, count)  # raw input only: internal hops are not new messages
-        result = process(self.topics, batch, store.get)
-        if swept is not None:
-            self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
-        # Outputs first, acknowledged; state after (streams.replay explains why).
-        await self._publish(result.outputs)
-        await self._store(table, store, result.writes_before)
-        await self._store(table, store, result.writes)
-        await self._store(table, store, {k: (p, None) for k, p in result.deletes_after.items()})
+        async with self._writing[table.name]:
+            result = process(self.topics, batch, store.get)
+            if swept is not None:
+                self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
+            # Outputs first, acknowledged; state after (streams.replay explains why).
+            await self._publish(result.outputs)
+            await self._store(table, store, result.writes_before)
+            await self._store(table, store, result.writes)
+            await self._store(table, store, {k: (p, None) for k, p in result.deletes_after.items()})
         for m in messages:
             ledger.finish(m.tp, m.offset)
         self._report(result, started, batch)
 
     async def _store(self, table: Table, store: LocalStore, writes: Mapping[bytes, Change]) -> None:
-        """Write state (None: delete) and wait until its changelog records are acknowledged.
+        """Write state (None: delete): its changelog records, acknowledged, then the local store.
 
         Faust's `table[key] = value` only queues the changelog record in its producer buffer, and
         the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
         could then cover input whose state exists only in this process, and a SIGKILL lost it.
-        The batch counts as finished (and so committable, topology.commits) only after this."""
+        The batch counts as finished (and so committable, topology.commits) only after this.
+
+        The local store comes second: a restart keeps its RocksDB directory and reads only the
+        changelog records after its persisted offset, so a local write that a SIGKILL kept from
+        its changelog would mark the batch's input as applied (streams.replay) in this worker
+        alone, and state moved to another worker later would lack it."""
         if not writes:
             return
-        store.write(writes)
-        await self._write_changelog(
-            table, [(key, partition, value) for key, (partition, value) in writes.items()]
-        )
-
-    async def _write_changelog(self, table: Table, records: list[tuple[bytes, int, bytes | None]]) -> None:
-        """Publish table changes (None: a deletion) and record, as Faust's own changelog callback
-        does, the last offset written per partition: a kept RocksDB store resumes from there."""
         topic = table.changelog_topic.get_topic_name()
         written = await self._publish(
-            [Out(topic, key, value, [], partition) for key, partition, value in records]
+            [Out(topic, key, value, [], partition) for key, (partition, value) in writes.items()]
         )
+        store.write(writes)
+        self._persisted(table, written)
+
+    def _persisted(self, table: Table, written: Mapping[Lane, int]) -> None:
+        """Record, as Faust's own changelog callback does, the last changelog offset per partition
+        that the local store holds: a kept RocksDB store resumes reading the changelog there."""
+        topic = table.changelog_topic.get_topic_name()
         store: Any = table.data
         for (_, partition), offset in written.items():
             tp = faust.types.TP(topic, partition)
@@ -377,11 +388,12 @@ class Worker:
             ("flow runs", self.lineage, steps.expired_flow_runs),
             ("deleted artifacts", self.memberships, steps.expired_tombstones),
         ):
-            keys = expired(_items_of(table), self.watermarks[name], retention)
-            forgotten: dict[bytes, Change] = {
-                key: (partition_for(key, self.settings.partitions), None) for key in keys
-            }
-            await self._store(table, LocalStore(table), forgotten)
+            async with self._writing[table.name]:
+                keys = expired(_items_of(table), self.watermarks[name], retention)
+                forgotten: dict[bytes, Change] = {
+                    key: (partition_for(key, self.settings.partitions), None) for key in keys
+                }
+                await self._store(table, LocalStore(table), forgotten)
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
 
