@@ -791,7 +791,9 @@ class Workers:
         name = name or f"w{len(self.slots) + 1}"
         log = self.out / f"worker-{self.spawned:03d}-{name}.log"
         env = dict(self.env)
-        env["PREFECT_EVENTS_DATA_DIR"] = str(self.out / f"data-{self.spawned:03d}")
+        kept = env.get("PREFECT_EVENTS_STORE", "").startswith("rocksdb")
+        data = f"data-{name}" if kept else f"data-{self.spawned:03d}"
+        env["PREFECT_EVENTS_DATA_DIR"] = str(self.out / data)
         proc = subprocess.Popen(
             [*_cli(env), "worker"], env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
             stdout=log.open("wb"), stderr=subprocess.STDOUT,
@@ -889,6 +891,10 @@ class Config:
     # Members a collection page takes (streams.members.PAGE_SIZE, 64): smaller makes the chaos
     # workload's keys, a few dozen versions each, fill, empty and re-point pages under the kills.
     page_size: int | None = None
+    # The workers' table store. With rocksdb:// a restarted worker keeps the killed one's data
+    # directory (one per worker name, as a pod keeps its volume), so restarts read their local
+    # state and only the changelog after its persisted offset.
+    store: str = "memory://"
     verbose: bool = True
 
 
@@ -1089,7 +1095,7 @@ def _env(bootstrap: str, tag: str, cfg: Config) -> dict[str, str]:
         PREFECT_EVENTS_DEAD_LETTER_TOPIC=f"chaos-{tag}.raw.dead-letters",
         PREFECT_EVENTS_PARTITIONS=str(cfg.partitions),
         PREFECT_EVENTS_INPUT_PARTITIONS=str(cfg.partitions),
-        PREFECT_EVENTS_STORE="memory://",
+        PREFECT_EVENTS_STORE=cfg.store,
         PREFECT_EVENTS_METRICS_PORT="0",
         PREFECT_EVENTS_FETCH_MAX_WAIT_MS=str(cfg.fetch_wait_ms),
         PREFECT_EVENTS_LOG_LEVEL="INFO",
@@ -1580,6 +1586,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--page-size", type=int, default=None,
                    help="members a collection page takes (default: the worker's 64; 2 makes "
                         "pages fill, empty and re-point all the time)")
+    p.add_argument("--store", choices=["memory://", "rocksdb://"], default="memory://",
+                   help="the workers' table store (default memory://); with rocksdb:// a "
+                        "restarted worker keeps the killed one's data directory")
     p.add_argument("--out", type=Path, default=None, help="directory for inputs, logs, details")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -1592,7 +1601,8 @@ def main(argv: Iterable[str] | None = None) -> int:
         rounds=args.rounds, rate=args.rate, rebalance=not args.no_rebalance,
         barrier_timeout_s=args.barrier_timeout, out_dir=args.out,
         commit_interval_s=args.commit_interval, session_timeout_s=args.session_timeout,
-        fetch_wait_ms=args.fetch_wait_ms, page_size=args.page_size, verbose=not args.quiet,
+        fetch_wait_ms=args.fetch_wait_ms, page_size=args.page_size, store=args.store,
+        verbose=not args.quiet,
     )
     report = run(cfg)
     print(report.table())
