@@ -1,11 +1,13 @@
 """A collection's live members by rank: what `streams.collection` needs to re-point "latest".
 
 Two forms behind one protocol. `MemberSet` holds them in a dict (the offline pipeline).
-`MemberPages` is the worker's: members in pages of up to `PAGE_SIZE`, each page a record of its
-own beside the collection's, and the collection record holding only a summary per page (live
-count and best member). An operation rewrites one page and the summary, so a key's cost no longer
-grows with its versions the way a record holding every member did (README, Performance, note 8),
-and a key reaches Kafka's 1 MB message limit at ~1M live versions instead of ~15,000.
+`MemberPages` is the worker's. Up to `PAGE_SIZE` members stay inline in the collection record, as
+every member once did: most keys have a few live versions, and then an operation reads and writes
+the one record. Members beyond that go to pages of up to `PAGE_SIZE`, each a record of its own
+beside the collection's, and the collection record holds only a summary per page (live count and
+best member). An operation on a large key rewrites one page and the summary, so a key's cost no
+longer grows with its versions the way a record holding every member did (README, Performance,
+note 8), and a key reaches Kafka's 1 MB message limit at ~1M live versions instead of ~15,000.
 
 Pages and the replay rule (streams.replay). Pages are written before their collection record and
 deleted after it, like members' versions, so a message replayed after a crash can find a page that
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 
 PAGE_SIZE = 64  # live members a page takes before a new one is opened
-INLINE = -1  # the "page" of members kept inside the collection record (state from before pages)
+INLINE = -1  # the "page" of members kept inside the collection record
 
 Rank = tuple[int, str]  # (created_us, artifact id): the latest is the greatest
 Entry = list[Any]  # [created_us, added (seq), removed (seq) or None]
@@ -70,7 +72,8 @@ class MemberPages:
     what the batch must write before the collection record and delete after it.
 
     `load_page(n)` reads page n's stored record; `stored_page(artifact_id)` is the page a member's
-    stored version names (INLINE for versions written before pages, None without a version)."""
+    stored version names (INLINE for one kept inline, None without a version). It is asked only
+    when the collection has stored pages: an inline member is found in the record itself."""
 
     def __init__(
         self,
@@ -93,8 +96,9 @@ class MemberPages:
         self.emptied: set[int] = set()
         if inline is None:
             inline = summary.get("inline")
-        if inline:  # a collection record from before pages: its members stay in it until deleted
-            self._entries[INLINE] = {aid: [created, 0, None] for aid, created in inline.items()}
+        # Part of the collection record itself, so never ahead of it: no stamps to read them by.
+        self._entries[INLINE] = {aid: [created, 0, None] for aid, created in (inline or {}).items()}
+        if inline:
             self.pages[INLINE] = _summarize(self._entries[INLINE])
 
     # --- Members ---------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ class MemberPages:
     def add(self, artifact_id: str, created_us: int) -> None:
         self.stamp()
         entry = self._entry(artifact_id)
-        page = self.page_of(artifact_id)
+        page = None if entry is None else self.page_of(artifact_id)
         if entry is not None and page is not None:
             # Removed earlier in this batch (earlier removals are compacted away), which the
             # membership step's tombstones rule out; kept exact all the same: live again where it
@@ -115,10 +119,15 @@ class MemberPages:
             entry[0], entry[2] = created_us, None
             self.emptied.discard(page)
             self.pages.setdefault(page, [0, None, None])
+        elif not self._paged() and self.pages.get(INLINE, [0])[0] < PAGE_SIZE:
+            page = INLINE
+            self._entries[INLINE][artifact_id] = [created_us, self.seq, None]
+            self.pages.setdefault(INLINE, [0, None, None])
         else:
             if self.open is None or self.pages[self.open][0] >= PAGE_SIZE:
                 self.open, self.next_page = self.next_page, self.next_page + 1
                 self.pages[self.open] = [0, None, None]
+                self._entries[self.open] = {}  # a new page: nothing stored under its number
             page = self.open
             self._page(page)[artifact_id] = [created_us, self.seq, None]
         summary = self.pages[page]
@@ -172,7 +181,11 @@ class MemberPages:
 
     def page_of(self, artifact_id: str) -> int | None:
         placed = self.placed.get(artifact_id)
-        return placed if placed is not None else self._stored_page(artifact_id)
+        if placed is not None:
+            return placed
+        if artifact_id in self._entries[INLINE]:
+            return INLINE
+        return self._stored_page(artifact_id)
 
     def summary(self) -> dict[str, Any]:
         """The collection record's part: counters and each stored page's live count and best."""
@@ -194,7 +207,16 @@ class MemberPages:
 
     # --- reading ---------------------------------------------------------------------------------
 
+    def _paged(self) -> bool:
+        """Whether any member lives outside the record (this batch's emptied pages count)."""
+        return len(self.pages) > (INLINE in self.pages) or bool(self.emptied)
+
     def _entry(self, artifact_id: str) -> Entry | None:
+        inline = self._entries[INLINE].get(artifact_id)
+        if inline is not None:
+            return inline
+        if not self._paged() and artifact_id not in self.placed:
+            return None  # every member is inline: no need to look its version up
         page = self.page_of(artifact_id)
         if page is None or (page not in self.pages and page not in self.emptied):
             return None

@@ -22,7 +22,7 @@ from streams.envelope import Event
 from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
 from streams.membership import Membership
-from streams.messages import ArtifactUpdate, parse_artifact_op, parse_task_result
+from streams.messages import ArtifactCreate, ArtifactUpdate, parse_artifact_op, parse_task_result
 from topology.records import (
     Headers,
     Out,
@@ -407,11 +407,14 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             members.stamp()  # adds and removes stamp themselves
         for artifact_id, version in step.versions.items():
             earlier = versions.get(artifact_id)
-            if earlier is None:  # its first change in this batch: what it was before
+            since = members.seq if earlier is None else earlier.since
+            if earlier is not None and earlier.version is not None:
+                before = earlier.before
+            elif earlier is None and (version is None or isinstance(op, ArtifactCreate)):
+                before = None  # forgotten, or created: not a member as of the record
+            else:  # what it was as of the record (read already, but for a delete undone)
                 found = stored_version(artifact_id, partition, members.as_of)
-                since, before = members.seq, None if found is None else found[0]
-            else:
-                since, before = earlier.since, earlier.before
+                before = None if found is None else found[0]
             page = None if version is None else members.page_of(artifact_id)
             versions[artifact_id] = _VersionWrite(partition, version, page, since, before)
         state.collection = step.collection
