@@ -742,7 +742,7 @@ PAGE_SIZE_ENV = "CHAOS_PAGE_SIZE"
 # `prefect-events` with streams.members.PAGE_SIZE set from the environment (Config.page_size).
 _WITH_PAGE_SIZE = (
     "import os, sys; import streams.members as m; "
-    f"m.PAGE_SIZE = int(os.environ[{PAGE_SIZE_ENV!r}]); "
+    f"m.PAGE_SIZE = m.INLINE_SIZE = int(os.environ[{PAGE_SIZE_ENV!r}]); "
     "from topology.cli import main; sys.exit(main())"
 )
 
@@ -888,8 +888,9 @@ class Config:
     # internal hops crawl as the run grows (README, "Tansu's defects"). 100 ms is the worker's own
     # default and serves ~160k batches per partition.
     fetch_wait_ms: int = 100
-    # Members a collection page takes (streams.members.PAGE_SIZE, 64): smaller makes the chaos
-    # workload's keys, a few dozen versions each, fill, empty and re-point pages under the kills.
+    # Members a collection page takes, and the record before pages are used (streams.members:
+    # PAGE_SIZE 64, INLINE_SIZE 16): smaller makes the chaos workload's keys, a few dozen
+    # versions each, fill, empty and re-point pages under the kills.
     page_size: int | None = None
     # The workers' table store. With rocksdb:// a restarted worker keeps the killed one's data
     # directory (one per worker name, as a pod keeps its volume), so restarts read their local
@@ -1584,8 +1585,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--fetch-wait-ms", type=int, default=100,
                    help="the worker's fetch wait, ms (default 100, the worker's own default)")
     p.add_argument("--page-size", type=int, default=None,
-                   help="members a collection page takes (default: the worker's 64; 2 makes "
-                        "pages fill, empty and re-point all the time)")
+                   help="members a collection page, and the collection record before pages, "
+                        "take (default: the worker's 64 and 16; 2 makes pages fill, empty and "
+                        "re-point all the time)")
     p.add_argument("--store", choices=["memory://", "rocksdb://"], default="memory://",
                    help="the workers' table store (default memory://); with rocksdb:// a "
                         "restarted worker keeps the killed one's data directory")

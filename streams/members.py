@@ -1,9 +1,9 @@
 """A collection's live members by rank: what `streams.collection` needs to re-point "latest".
 
 Two forms behind one protocol. `MemberSet` holds them in a dict (the offline pipeline).
-`MemberPages` is the worker's. Up to `PAGE_SIZE` members stay inline in the collection record, as
-every member once did: most keys have a few live versions, and then an operation reads and writes
-the one record. Members beyond that go to pages of up to `PAGE_SIZE`, each a record of its own
+`MemberPages` is the worker's. Up to `INLINE_SIZE` members stay inline in the collection record,
+as every member once did: most keys have a few live versions, and then an operation reads and
+writes the one record. Members beyond that go to pages of up to `PAGE_SIZE`, each a record of its own
 beside the collection's, and the collection record holds only a summary per page (live count and
 best member). An operation on a large key rewrites one page and the summary, so a key's cost no
 longer grows with its versions the way a record holding every member did (README, Performance,
@@ -27,6 +27,9 @@ from typing import Any, Protocol
 import orjson
 
 PAGE_SIZE = 64  # live members a page takes before a new one is opened
+# Live members kept in the collection record before pages are used: the mixed benchmark's keys
+# have at most ~10; a large key rewrites these ~0.9 KB with every batch that touches it.
+INLINE_SIZE = 16
 INLINE = -1  # the "page" of members kept inside the collection record
 
 Rank = tuple[int, str]  # (created_us, artifact id): the latest is the greatest
@@ -119,7 +122,7 @@ class MemberPages:
             entry[0], entry[2] = created_us, None
             self.emptied.discard(page)
             self.pages.setdefault(page, [0, None, None])
-        elif not self._paged() and self.pages.get(INLINE, [0])[0] < PAGE_SIZE:
+        elif not self._paged() and self.pages.get(INLINE, [0])[0] < INLINE_SIZE:
             page = INLINE
             self._entries[INLINE][artifact_id] = [created_us, self.seq, None]
             self.pages.setdefault(INLINE, [0, None, None])

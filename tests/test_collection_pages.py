@@ -142,6 +142,7 @@ def _check_state(table, pipeline, left_behind):
 def _pages_of(size):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(members, "PAGE_SIZE", size)
+        patch.setattr(members, "INLINE_SIZE", size)
         yield
 
 
@@ -151,7 +152,7 @@ def _creates(n, key=KEY, start=0):
 
 def test_a_keys_records_stay_small_however_many_versions_it_has():
     """A batch touching a key with 1,000 live versions rewrites one page and the collection record
-    (64 members inline and the summary of 15 pages), not every member: under 10 KB apiece. The
+    (16 members inline and the summary of 16 pages), not every member: under 8 KB apiece. The
     record of all members it replaces was ~60 KB at 1,000 versions (README, Performance, note 8)."""
     table = Table()
     records = _by_key(_creates(1001))
@@ -160,11 +161,11 @@ def test_a_keys_records_stay_small_however_many_versions_it_has():
         table.write(result)
     last = steps.apply_collections(TOPICS, records[1000:], table.load)
     state = _state_of(table, KEY)
-    assert len(state.members.pages) == 1000 // members.PAGE_SIZE + 1
+    assert sorted(state.members.pages) == [INLINE, *range(16)]  # 16 inline, 984 in pages
     assert state.collection.latest == h.uid(0x1000 + 999)
     written = {**last.writes_before, **last.writes}
-    assert set(written) == {KEY.encode(), page_key(KEY.encode(), 14), version_key(h.uid(0x1000 + 1000))}
-    assert max(len(value) for _, value in written.values()) < 10_000
+    assert set(written) == {KEY.encode(), page_key(KEY.encode(), 15), version_key(h.uid(0x1000 + 1000))}
+    assert max(len(value) for _, value in written.values()) < 8_000
 
 
 def test_deleting_the_latest_re_points_across_pages():
