@@ -228,7 +228,7 @@ class MemberPages:
     def _page(self, page: int) -> dict[str, Entry]:
         entries = self._entries.get(page)
         if entries is None:
-            raw = None if page == INLINE else self._load_page(page)
+            raw = self._load_page(page)  # INLINE is always in _entries: never loaded
             entries = self._entries[page] = {} if raw is None else self._as_of_record(orjson.loads(raw))
         return entries
 

@@ -412,7 +412,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
                 before = earlier.before
             elif earlier is None and (version is None or isinstance(op, ArtifactCreate)):
                 before = None  # forgotten, or created: not a member as of the record
-            else:  # what it was as of the record (read already, but for a delete undone)
+            else:  # as of the record: an update read it already; a re-create after a delete has not
                 found = stored_version(artifact_id, partition, members.as_of)
                 before = None if found is None else found[0]
             page = None if version is None else members.page_of(artifact_id)
