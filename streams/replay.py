@@ -7,9 +7,11 @@ every message touches exactly one state record. So after a crash, a replayed mes
 its record without its offset (state as it was before the message: the same events are computed
 again, byte-identical) or with it (its outputs are already out: skip it). Collections keep their
 member pages and members' versions in records of their own, which the marks do not cover: they
-are written before the collection record and forgotten after it (topology.steps.BatchResult), and
-stamped with the collection's count of changes, so that a replay reads them as of the collection
-record it found, which is what the first run read (streams.members, streams.collection_record).
+are written before the collection record (in the outputs' round trip: which of the two lands
+first does not matter, since only the collection record decides what is a replay) and forgotten
+after it (topology.steps.BatchResult), and stamped with the collection's count of changes, so
+that a replay reads them as of the collection record it found, which is what the first run read
+(streams.members, streams.collection_record).
 
 Exact offsets rather than a high-water mark: around restarts and rebalances a consumer can be
 handed a partition's records out of order (later ones first); a high-water mark would then take

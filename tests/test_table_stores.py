@@ -13,7 +13,7 @@ import pytest
 
 from topology import config
 from topology.app import Worker
-from topology.records import partition_for
+from topology.records import Out, partition_for
 from topology.runner import limit_malloc_arenas
 from topology.steps import Stamped
 from topology.store import LocalStore
@@ -148,3 +148,35 @@ async def test_local_state_follows_its_acknowledged_changelog(
     if store == "rocksdb://":
         tp = faust.types.TP(topic, partition)
         assert table.data.persisted_offset(tp) == 41  # type: ignore[attr-defined]
+
+
+async def test_outputs_share_a_round_trip_with_the_records_the_state_will_refer_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's events and its collection pages and versions go out in one publish (either may
+    land first: only the collection record decides what a replay skips, streams.replay); only
+    the changelog's acknowledged offsets are kept as the store's persisted offsets."""
+    settings = config.load({"store": "rocksdb://", "data_dir": str(tmp_path)}, environ={})
+    worker = Worker(settings)
+    table = worker.collections
+    local = LocalStore(table)
+    changelog = table.changelog_topic.get_topic_name()
+    events = settings.artifact_events_topic
+    partition = partition_for(b"page", settings.partitions)
+    published: list[list[tuple[str, bytes | None]]] = []
+
+    async def acknowledged(outputs: Any) -> dict[tuple[str, int], int]:
+        published.append([(o.topic, o.key) for o in outputs])
+        return {(changelog, partition): 41, (events, partition): 7}  # same partition number
+
+    monkeypatch.setattr(worker, "_publish", acknowledged)
+    event = Out(events, b"event-key", b"{}", [])
+    await worker._store(table, local, {b"page": (partition, b"p")}, outputs=[event])
+
+    assert published == [[(events, b"event-key"), (changelog, b"page")]]
+    assert local.get(b"page", partition) == b"p"
+    tp = faust.types.TP(changelog, partition)
+    assert table.data.persisted_offset(tp) == 41  # type: ignore[attr-defined]
+
+    await worker._store(table, local, {}, outputs=[event])  # a batch without pages: events alone
+    assert published[-1] == [(events, b"event-key")]

@@ -238,17 +238,24 @@ class Worker:
             result = process(self.topics, batch, store.get)
             if swept is not None:
                 self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
-            # Outputs first, acknowledged; state after (streams.replay explains why).
-            await self._publish(result.outputs)
-            await self._store(table, store, result.writes_before)
+            # Outputs, and the records the state will refer to, acknowledged together; then the
+            # state (streams.replay explains the order); then what it no longer refers to.
+            await self._store(table, store, result.writes_before, outputs=result.outputs)
             await self._store(table, store, result.writes)
             await self._store(table, store, {k: (p, None) for k, p in result.deletes_after.items()})
         for m in messages:
             ledger.finish(m.tp, m.offset)
         self._report(result, started, batch)
 
-    async def _store(self, table: Table, store: LocalStore, writes: Mapping[bytes, Change]) -> None:
+    async def _store(
+        self,
+        table: Table,
+        store: LocalStore,
+        writes: Mapping[bytes, Change],
+        outputs: Sequence[Out] = (),
+    ) -> None:
         """Write state (None: delete): its changelog records, acknowledged, then the local store.
+        `outputs` go in the same round trip, acknowledged with them.
 
         Faust's `table[key] = value` only queues the changelog record in its producer buffer, and
         the flush Faust runs before a commit gives up after 0.1 s without progress: a commit
@@ -259,14 +266,18 @@ class Worker:
         changelog records after its persisted offset, so a local write that a SIGKILL kept from
         its changelog would mark the batch's input as applied (streams.replay) in this worker
         alone, and state moved to another worker later would lack it."""
-        if not writes:
+        if not writes and not outputs:
             return
         topic = table.changelog_topic.get_topic_name()
         written = await self._publish(
-            [Out(topic, key, value, [], partition) for key, (partition, value) in writes.items()]
+            [
+                *outputs,
+                *(Out(topic, key, value, [], partition) for key, (partition, value) in writes.items()),
+            ]
         )
-        store.write(writes)
-        self._persisted(table, written)
+        if writes:
+            store.write(writes)
+            self._persisted(table, {lane: at for lane, at in written.items() if lane[0] == topic})
 
     def _persisted(self, table: Table, written: Mapping[Lane, int]) -> None:
         """Record, as Faust's own changelog callback does, the last changelog offset per partition
