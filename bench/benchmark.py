@@ -101,6 +101,20 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process so far (/proc/PID/stat), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+BROKER_PID: int | None = None  # the embedded broker's, for the latency phase's CPU shares
+
+
 _PROBE = """
 import json
 from topology import runner, transport
@@ -617,6 +631,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         log(f"latency {tag}: worker ready after {ready_s:.1f} s; {rate} msgs/s for {seconds} s")
         n_total = int(rate * seconds)
         msgs = [gen.next(keys) for _ in range(n_total)]
+        cpu_before = _cpu(worker.pid)
         start = time.time()
         i = 0
         pending = []
@@ -636,6 +651,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
             await asyncio.sleep(0.002)
         await asyncio.gather(*pending)
         produce_s = time.time() - start
+        cpu_after = _cpu(worker.pid)
         expected, _, _ = expected_events(msgs)
         # events of warm-up messages were already counted; wait for the probe's ones
         base = collector.count
@@ -649,6 +665,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
     e2e, worker_side = [], []
     by_stream: dict[str, list[float]] = collections.defaultdict(list)
     by_window: dict[int, list[float]] = collections.defaultdict(list)  # 5 s of sending each
+    by_name: dict[str, list[float]] = collections.defaultdict(list)
     for occurred, recv, ts_ms, name in collector.arrivals:
         t_sent = sent.get(occurred)
         if t_sent is None:
@@ -657,6 +674,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         worker_side.append(ts_ms - t_sent * 1000)
         by_stream["assets" if name.startswith("prefect.asset") else "artifacts"].append(
             (recv - t_sent) * 1000)
+        by_name[name].append((recv - t_sent) * 1000)
         by_window[int((t_sent - start) // 5)].append((recv - t_sent) * 1000)
     return {
         "rate_msgs_per_s": rate,
@@ -669,10 +687,26 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         "e2e_ms": pcts(e2e),
         "to_worker_publish_ms": pcts(worker_side),
         "e2e_ms_by_stream": {k: pcts(v) for k, v in by_stream.items()},
+        "e2e_ms_by_event": {k: pcts(v) for k, v in sorted(by_name.items())},
+        "cores_used_while_sending": {
+            who: None if before is None or cpu_after[who] is None
+            else round((cpu_after[who] - before) / produce_s, 2)  # type: ignore[operator]
+            for who, before in cpu_before.items()
+        },
         "e2e_ms_by_5s_of_sending": {f"{5 * w}-{5 * w + 5} s": pcts(v)
                                     for w, v in sorted(by_window.items())},
         "peak_rss_mb": round(worker.peak_kb / 1024, 1),
         "_e2e": e2e,
+    }
+
+
+def _cpu(worker_pid: int) -> dict[str, float | None]:
+    """CPU seconds so far of the worker, the embedded broker and this process (the load
+    generator and the collector): on 2 cores, who takes what at a given input rate."""
+    return {
+        "worker": cpu_seconds(worker_pid),
+        "broker": cpu_seconds(BROKER_PID),
+        "generator and collector": sum(os.times()[:2]),
     }
 
 
@@ -858,6 +892,9 @@ def table(r: dict[str, Any]) -> str:
             e = lat["e2e_ms"]
             rows.append((f"latency {tag} @{lat['rate_msgs_per_s']}/s p50 / p99 ms",
                          f"{e['p50']} / {e['p99']}  (max {e['max']})"))
+            cores = lat.get("cores_used_while_sending", {})
+            rows.append((f"  cores used at {lat['rate_msgs_per_s']}/s (of {os.cpu_count()})",
+                         ", ".join(f"{who} {c}" for who, c in cores.items() if c is not None)))
     o = r.get("offline")
     if o:
         rows.append(("offline `process` msgs/s", f"{o['msgs_per_s']:,}"))
@@ -1058,7 +1095,7 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
 
 
 def main() -> int:
-    global IDLE_S
+    global IDLE_S, BROKER_PID
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=None,
                         help="mixed workload size (default 100000; --quick 20000)")
@@ -1103,6 +1140,7 @@ def main() -> int:
 
         broker = EmbeddedBroker().start()
         bs = broker.bootstrap_servers
+        BROKER_PID = broker.pid
         log(f"embedded broker at {bs}")
     started = time.time()
     args.checks = worker_checks()
