@@ -47,6 +47,7 @@ def update(metrics: Metrics) -> None:
     metrics.forwarded(5)
     metrics.processing(0.003)
     metrics.processing(0.2)
+    metrics.batch_phases("collections", compute=0.002, publish=0.04, state=0.3)
     metrics.end_to_end(1_700_000_000_000, now=1_700_000_000.04)
     metrics.end_to_end(1_700_000_000_000, now=1_699_999_999.0)  # clock skew counts as 0
     metrics.consumer_lag("prefect.raw.artifacts", 0, 17)
@@ -74,6 +75,10 @@ async def test_scrape_shows_exact_values(served: tuple[Metrics, Flag, MetricsSer
         "prefect_events_processing_seconds_count 2.0",
         'prefect_events_processing_seconds_bucket{le="0.005"} 1.0',
         'prefect_events_processing_seconds_bucket{le="0.25"} 2.0',
+        'prefect_events_batch_phase_seconds_bucket{le="0.0025",phase="compute",step="collections"} 1.0',
+        'prefect_events_batch_phase_seconds_bucket{le="0.025",phase="publish",step="collections"} 0.0',
+        'prefect_events_batch_phase_seconds_bucket{le="0.05",phase="publish",step="collections"} 1.0',
+        'prefect_events_batch_phase_seconds_sum{phase="state",step="collections"} 0.3',
         "prefect_events_end_to_end_seconds_count 2.0",
         'prefect_events_end_to_end_seconds_bucket{le="0.005"} 1.0',
         'prefect_events_end_to_end_seconds_bucket{le="0.05"} 2.0',

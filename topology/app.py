@@ -199,7 +199,9 @@ class Worker:
                 messages = await intake.take(self.settings.batch_size)
                 # A cancel (SIGTERM) lets the batch in hand finish, so that what it did is
                 # committed rather than replayed (commits follow the ledger).
-                batch = asyncio.ensure_future(self._process(messages, table, store, process, swept))
+                batch = asyncio.ensure_future(
+                    self._process(name, messages, table, store, process, swept)
+                )
                 try:
                     await asyncio.shield(batch)
                 except asyncio.CancelledError:
@@ -214,6 +216,7 @@ class Worker:
 
     async def _process(
         self,
+        name: str,
         messages: Sequence[Any],
         table: Table,
         store: LocalStore,
@@ -235,16 +238,23 @@ class Worker:
         for topic, count in Counter(r.topic for r in batch if self.topics.is_raw(r.topic)).items():
             self.metrics.input(topic, count)  # raw input only: internal hops are not new messages
         async with self._writing[table.name]:
+            computing = time.perf_counter()
             result = process(self.topics, batch, store.get)
             if swept is not None:
                 self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
             # Outputs, and the records the state will refer to, acknowledged together; then the
             # state (streams.replay explains the order); then what it no longer refers to.
+            publishing = time.perf_counter()
             await self._store(table, store, result.writes_before, outputs=result.outputs)
+            storing = time.perf_counter()
             await self._store(table, store, result.writes)
             await self._store(table, store, {k: (p, None) for k, p in result.deletes_after.items()})
+            stored = time.perf_counter()
         for m in messages:
             ledger.finish(m.tp, m.offset)
+        self.metrics.batch_phases(
+            name, publishing - computing, storing - publishing, stored - storing
+        )
         self._report(result, started, batch)
 
     async def _store(

@@ -90,6 +90,14 @@ class Metrics:
             buckets=PROCESSING_BUCKETS,
             registry=r,
         )
+        self._batch_phases = Histogram(
+            "prefect_events_batch_phase_seconds",
+            "Time one batch spent in each phase of its step: computing, then waiting for the "
+            "broker to acknowledge its events, then its state.",
+            ["step", "phase"],
+            buckets=PROCESSING_BUCKETS,
+            registry=r,
+        )
         self._end_to_end = Histogram(
             "prefect_events_end_to_end_seconds",
             "From an input record's Kafka timestamp to its events being produced.",
@@ -128,6 +136,13 @@ class Metrics:
     def processing(self, seconds: float) -> None:
         """Observe how long one batch took."""
         self._processing.observe(seconds)
+
+    def batch_phases(self, step: str, compute: float, publish: float, state: float) -> None:
+        """Where a batch's time went: `compute` (the step's logic), `publish` (its events, and the
+        records its state will refer to, acknowledged), `state` (its state records acknowledged
+        and stored). Compute-bound or broker-bound, told apart per step."""
+        for phase, seconds in (("compute", compute), ("publish", publish), ("state", state)):
+            self._batch_phases.labels(step=step, phase=phase).observe(seconds)
 
     def end_to_end(self, record_timestamp_ms: int, now: float | None = None) -> None:
         """Observe the delay from an input record's timestamp (ms since epoch) until now."""
