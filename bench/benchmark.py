@@ -56,6 +56,7 @@ import workload as wl  # noqa: E402
 from streams.envelope import EVENT_HEADER  # noqa: E402
 from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
 from topology.admin import TopicSpec, ensure_topics  # noqa: E402
+from topology.embedded_broker import free_port  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 CLI = str(VENV_BIN / "prefect-events")
@@ -610,8 +611,12 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
                           fetch_wait_ms=fetch_wait_ms)
     await collector.start()
     data_dir = Path(tempfile.mkdtemp(prefix="bench-latency-data-"))
+    metrics_port = free_port()
+    metrics_env = {"PREFECT_EVENTS_METRICS_HOST": "127.0.0.1",
+                   "PREFECT_EVENTS_METRICS_PORT": str(metrics_port)}
     worker = WorkerProc(bs, names, "rocksdb://", data_dir, log_dir, names.prefix,
-                        extra_patches=extra_patches, fetch_wait_ms=fetch_wait_ms)
+                        extra_patches=extra_patches, fetch_wait_ms=fetch_wait_ms,
+                        extra_env=metrics_env)
     gen = wl.Generator(seed=11)
     keys = 5000
     p = producer(bs)
@@ -657,6 +662,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         base = collector.count
         await collector.wait(base + expected, idle_s=10, timeout_s=120, proc=worker)
         worker.sample()
+        phases = await batch_phases(metrics_port)
     finally:
         await p.stop()
         await collector.stop()
@@ -688,6 +694,7 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         "to_worker_publish_ms": pcts(worker_side),
         "e2e_ms_by_stream": {k: pcts(v) for k, v in by_stream.items()},
         "e2e_ms_by_event": {k: pcts(v) for k, v in sorted(by_name.items())},
+        "batch_ms_by_step": phases,
         "cores_used_while_sending": {
             who: None if before is None or cpu_after[who] is None
             else round((cpu_after[who] - before) / produce_s, 2)  # type: ignore[operator]
@@ -698,6 +705,30 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         "peak_rss_mb": round(worker.peak_kb / 1024, 1),
         "_e2e": e2e,
     }
+
+
+async def batch_phases(port: int) -> dict[str, dict[str, float]]:
+    """Per step, a batch's mean milliseconds computing, waiting for its events' acknowledgement
+    and for its state's (the worker's `prefect_events_batch_phase_seconds`), and its batches."""
+    import aiohttp
+
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            text = await resp.text()
+    except aiohttp.ClientError as exc:
+        log(f"worker metrics not read: {exc}")
+        return {}
+    sums: dict[tuple[str, str], float] = {}
+    counts: dict[tuple[str, str], float] = {}
+    pattern = r'prefect_events_batch_phase_seconds_(sum|count)\{phase="(\w+)",step="(\w+)"\} (\S+)'
+    for kind, phase, step, value in re.findall(pattern, text):
+        (sums if kind == "sum" else counts)[(step, phase)] = float(value)
+    out: dict[str, dict[str, float]] = {}
+    for (step, phase), total in sorted(sums.items()):
+        n = counts.get((step, phase)) or 0
+        out.setdefault(step, {"batches": n})[f"{phase}_ms"] = round(1000 * total / n, 1) if n else 0.0
+    return out
 
 
 def _cpu(worker_pid: int) -> dict[str, float | None]:
@@ -895,6 +926,10 @@ def table(r: dict[str, Any]) -> str:
             cores = lat.get("cores_used_while_sending", {})
             rows.append((f"  cores used at {lat['rate_msgs_per_s']}/s (of {os.cpu_count()})",
                          ", ".join(f"{who} {c}" for who, c in cores.items() if c is not None)))
+            for step, ms in lat.get("batch_ms_by_step", {}).items():
+                rows.append((f"  {step}: a batch's ms computing / publishing / state",
+                             f"{ms.get('compute_ms')} / {ms.get('publish_ms')} / {ms.get('state_ms')}"
+                             f"  ({ms.get('batches', 0):.0f} batches)"))
     o = r.get("offline")
     if o:
         rows.append(("offline `process` msgs/s", f"{o['msgs_per_s']:,}"))
