@@ -12,6 +12,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
+from topology import config
 from topology.admin import TopicSpec, ensure_topics
 from topology.publish import publish
 from topology.records import Out
@@ -110,3 +111,29 @@ async def test_nothing_to_publish_sends_nothing(bootstrap_servers: str) -> None:
         assert await publish(producer, []) == {}
     finally:
         await producer.stop()
+
+
+async def test_a_steps_batch_leaves_in_one_batch_per_partition_by_default(
+    bootstrap_servers: str, topic: str
+) -> None:
+    """aiokafka's sender takes one batch per partition into a request and keeps one request in
+    flight per broker, so a partition's k batches cost k round trips in a row. With the default
+    batch size, a step's batch of 500 events of ~2 KB is one batch per partition."""
+    default = config.load({}, environ={}).producer_max_batch_bytes
+    outputs = [Out(topic, f"key-{i}".encode(), b"x" * 2000, []) for i in range(500)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=default, acks=-1)
+    await producer.start()
+    batches: list[int] = []
+    send_batch = producer.send_batch
+
+    async def counted(batch: Any, topic: str, *, partition: int) -> Any:
+        batches.append(partition)
+        return await send_batch(batch, topic, partition=partition)
+
+    try:
+        producer.send_batch = counted  # type: ignore[method-assign]
+        last = await publish(producer, outputs)
+    finally:
+        await producer.stop()
+    assert sorted(batches) == list(range(PARTITIONS))
+    assert sum(offset + 1 for offset in last.values()) == len(outputs)

@@ -64,7 +64,12 @@ class Settings:
     )
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = field(
-        default=16384, metadata={"help": "producer batch size; 1 = one record per batch (Tansu)"}
+        default=1_000_000,
+        metadata={
+            "help": "largest producer batch: a batch's records for one partition leave in batches "
+            "this size, one round trip each; keep under the broker's message.max.bytes; 1 = one "
+            "record per batch (Tansu)"
+        },
     )
     commit_interval_s: float = 1.0
     session_timeout_s: float = field(
