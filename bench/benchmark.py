@@ -636,6 +636,9 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         log(f"latency {tag}: worker ready after {ready_s:.1f} s; {rate} msgs/s for {seconds} s")
         n_total = int(rate * seconds)
         msgs = [gen.next(keys) for _ in range(n_total)]
+        # Counted before sending: the offline pipeline holds this event loop for a second or
+        # two, and the collector on it would stamp the last events that late.
+        expected, _, _ = expected_events(msgs)
         cpu_before = _cpu(worker.pid)
         start = time.time()
         i = 0
@@ -657,7 +660,6 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         await asyncio.gather(*pending)
         produce_s = time.time() - start
         cpu_after = _cpu(worker.pid)
-        expected, _, _ = expected_events(msgs)
         # events of warm-up messages were already counted; wait for the probe's ones
         base = collector.count
         await collector.wait(base + expected, idle_s=10, timeout_s=120, proc=worker)
