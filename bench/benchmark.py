@@ -345,10 +345,13 @@ async def first_timestamp(bs: str, topics: list[str]) -> int | None:
 
 # The worker's fetch wait. 100 ms (its default) for throughput and state: on Tansu a shorter one
 # starves on partitions of many batches (README, "Tansu's defects"), and the 1M-key fill crawled
-# to a stop at 10 ms. The latency phase uses 10 ms on its fresh, small topics (a hop adds <= W/2).
+# to a stop at 10 ms. The latency phase too: shorter waits mean more fetches, each reading through
+# every batch of its partitions, and at 2,000 msgs/s the broker then took a core and p99 climbed
+# through the run (10 ms: 93 -> 329 ms per 5 s, 30 ms: 148 -> 340, 50 ms: 158 -> 203, 100 ms:
+# 161 -> 201, flat; README, "Performance", note 4).
 FETCH_WAIT_MS = 100
 IDLE_S = 15.0  # a saturation run ends when no event came for this long (--idle-seconds)
-LATENCY_FETCH_WAIT_MS = 10
+LATENCY_FETCH_WAIT_MS = FETCH_WAIT_MS
 
 
 class WorkerProc:
