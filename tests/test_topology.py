@@ -162,32 +162,3 @@ def test_a_delete_without_membership_is_reported_with_its_source_and_id() -> Non
         UnknownDelete(Source(t.raw_artifacts, 0, 3), known.encode(), deleted_already=True),
     ]
     assert [out.topic for out in result.outputs] == [t.artifact_events]  # its created event only
-
-
-def test_a_keyed_artifact_operation_is_parsed_once_by_the_two_artifact_steps() -> None:
-    """The collections step reads the bytes the memberships step parsed: the second parse is a
-    look-up. A bad message is never kept: it is parsed (and dead-lettered) every time."""
-    artifact = "0a0a0a0a-0000-4000-8000-000000000001"
-    create = json.dumps(
-        {"op": "create", "occurred": "2026-01-01T00:00:01Z",
-         "artifact": {"id": artifact, "key": "k", "type": "markdown", "data": "x",
-                      "created": "2026-01-01T00:00:01Z"}}
-    ).encode()
-    driver = Driver(topics(partitions=4, raw_partitions=4))
-    steps._parse_memo.cache_clear()
-
-    driver.produce(driver.topics.raw_artifacts, create, artifact.encode())  # applied where it is
-    driver.produce(driver.topics.raw_artifacts, b'{"op": "create"', artifact.encode())
-    driver.produce(driver.topics.raw_artifacts, b'{"op": "create"', artifact.encode())
-    driver.run()
-
-    info = steps._parse_memo.cache_info()
-    assert (info.misses, info.hits, info.currsize) == (3, 1, 1)
-    names = [json.loads(e)["event"] for e in driver.events(driver.topics.artifact_events)]
-    assert sorted(names) == ["prefect.artifact-collection.created", "prefect.artifact.created"]
-    assert len(driver.events(driver.topics.dead_letters)) == 2
-
-    large = create.replace(b'"data": "x"', b'"data": "' + b"x" * steps.MEMO_MAX_BYTES + b'"')
-    driver.produce(driver.topics.raw_artifacts, large, artifact.encode())
-    driver.run()
-    assert steps._parse_memo.cache_info().currsize == 1  # over 8 KB: not kept

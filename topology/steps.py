@@ -11,7 +11,6 @@ import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -23,13 +22,7 @@ from streams.envelope import Event
 from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
 from streams.membership import Membership
-from streams.messages import (
-    ArtifactCreate,
-    ArtifactOp,
-    ArtifactUpdate,
-    parse_artifact_op,
-    parse_task_result,
-)
+from streams.messages import ArtifactCreate, ArtifactUpdate, parse_artifact_op, parse_task_result
 from topology.records import (
     Headers,
     Out,
@@ -119,19 +112,6 @@ class BatchResult:
 
 
 Load = Callable[[bytes, int], bytes | None]  # (table key, partition) → stored value
-
-# A keyed artifact operation is parsed by the memberships step and again by the collections step,
-# whose input carries the same bytes (they make the event ids). Parsing is pure and its result
-# never mutated, so in one worker the second parse is a look-up. Bounded: 2,048 messages of at
-# most 8 KB (an entry holds the bytes and the parsed operation: ~5 KB for the benchmark's mean
-# message, 32 MB at most); a step's intake holds 2,000 records, so the forward is normally still
-# here when the collections step reads it. Larger messages and invalid ones are never kept.
-MEMO_MAX_BYTES = 8192
-_parse_memo = lru_cache(maxsize=2048)(parse_artifact_op)
-
-
-def parse_artifact_once(raw: bytes) -> ArtifactOp:
-    return _parse_memo(raw) if len(raw) <= MEMO_MAX_BYTES else parse_artifact_op(raw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +343,7 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         topics,
         batch,
         load,
-        parse=parse_artifact_once,
+        parse=parse_artifact_op,
         events_topic=topics.artifact_events,
         key_of=lambda record, op: op.artifact_id.encode(),
         identity=_raw_identity,
@@ -444,7 +424,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         topics,
         batch,
         load,
-        parse=parse_artifact_once,
+        parse=parse_artifact_op,
         events_topic=topics.artifact_events,
         key_of=lambda record, op: _key(record),
         identity=_via_identity,
