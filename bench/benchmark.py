@@ -681,12 +681,12 @@ async def phase_latency(bs: str, rate: int, seconds: float, log_dir: Path, *,
         t_sent = sent.get(occurred)
         if t_sent is None:
             continue
-        e2e.append((recv - t_sent) * 1000)
+        ms = (recv - t_sent) * 1000
+        e2e.append(ms)
         worker_side.append(ts_ms - t_sent * 1000)
-        by_stream["assets" if name.startswith("prefect.asset") else "artifacts"].append(
-            (recv - t_sent) * 1000)
-        by_name[name].append((recv - t_sent) * 1000)
-        by_window[int((t_sent - start) // 5)].append((recv - t_sent) * 1000)
+        by_stream["assets" if name.startswith("prefect.asset") else "artifacts"].append(ms)
+        by_name[name].append(ms)
+        by_window[int((t_sent - start) // 5)].append(ms)
     return {
         "rate_msgs_per_s": rate,
         "achieved_rate": round(len(msgs) / produce_s),
@@ -724,11 +724,17 @@ async def batch_phases(port: int) -> dict[str, dict[str, float]]:
     except aiohttp.ClientError as exc:
         log(f"worker metrics not read: {exc}")
         return {}
+    from prometheus_client.parser import text_string_to_metric_families
+
     sums: dict[tuple[str, str], float] = {}
     counts: dict[tuple[str, str], float] = {}
-    pattern = r'prefect_events_batch_phase_seconds_(sum|count)\{phase="(\w+)",step="(\w+)"\} (\S+)'
-    for kind, phase, step, value in re.findall(pattern, text):
-        (sums if kind == "sum" else counts)[(step, phase)] = float(value)
+    for family in text_string_to_metric_families(text):
+        if family.name != "prefect_events_batch_phase_seconds":
+            continue
+        for sample in family.samples:
+            where = {"_sum": sums, "_count": counts}.get(sample.name.removeprefix(family.name))
+            if where is not None:
+                where[(sample.labels["step"], sample.labels["phase"])] = sample.value
     out: dict[str, dict[str, float]] = {}
     for (step, phase), total in sorted(sums.items()):
         n = counts.get((step, phase)) or 0
