@@ -880,8 +880,9 @@ class Config:
     commit_interval_s: float | None = None
     session_timeout_s: float | None = None  # the worker's consumer group session timeout
     # Tansu answers ListOffsets with the last batch's base offset + 1, so Faust's changelog
-    # recovery stops short unless every record is its own batch (README, embedded broker).
-    one_record_batches: bool = False
+    # recovery stops short unless every changelog record is its own batch (README, embedded
+    # broker). Only the changelogs: events and internal topics keep the worker's default batches.
+    one_record_changelog_batches: bool = False
     # The worker's fetch wait. Tansu answers a fetch with what it could read within the wait, and
     # reading a partition of one-record batches takes longer the more batches it holds: at 10 ms a
     # partition of 40k batches yields almost nothing per fetch, so changelog recovery and the
@@ -1106,8 +1107,8 @@ def _env(bootstrap: str, tag: str, cfg: Config) -> dict[str, str]:
         env["PREFECT_EVENTS_COMMIT_INTERVAL_S"] = str(cfg.commit_interval_s)
     if cfg.session_timeout_s is not None:
         env["PREFECT_EVENTS_SESSION_TIMEOUT_S"] = str(cfg.session_timeout_s)
-    if cfg.one_record_batches:
-        env["PREFECT_EVENTS_PRODUCER_MAX_BATCH_BYTES"] = "1"
+    if cfg.one_record_changelog_batches:
+        env["PREFECT_EVENTS_CHANGELOG_BATCH_RECORDS"] = "1"
     if cfg.page_size is not None:
         env[PAGE_SIZE_ENV] = str(cfg.page_size)
     return env
@@ -1537,7 +1538,7 @@ def run(cfg: Config, say: Callable[[str], None] | None = None) -> Report:
         bootstrap = broker.bootstrap_servers
         say(f"embedded broker at {bootstrap}")
         cfg = dataclasses.replace(
-            cfg, one_record_batches=True, session_timeout_s=cfg.session_timeout_s or 2.0
+            cfg, one_record_changelog_batches=True, session_timeout_s=cfg.session_timeout_s or 2.0
         )
     try:
         collector, settings, offsets = asyncio.run(

@@ -77,10 +77,10 @@ def test_short_chaos_run_loses_and_changes_nothing(
         quiet_s=2.0,
         verbose=False,
         # A SIGKILLed member's session must expire before the group moves on: short sessions
-        # (Kafka's minimum is 6 s); and on Tansu one record per batch (its end offsets are wrong
-        # otherwise; README, embedded broker).
+        # (Kafka's minimum is 6 s); and on Tansu one record per changelog batch (its end offsets
+        # are wrong otherwise; README, embedded broker).
         session_timeout_s=6.0,
-        one_record_batches=broker_kind == "embedded",
+        one_record_changelog_batches=broker_kind == "embedded",
         page_size=2,  # collection pages fill, empty and re-point under the kills
     )
     report = chaos.run(cfg)

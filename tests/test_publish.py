@@ -137,3 +137,35 @@ async def test_a_steps_batch_leaves_in_one_batch_per_partition_by_default(
         await producer.stop()
     assert sorted(batches) == list(range(PARTITIONS))
     assert sum(offset + 1 for offset in last.values()) == len(outputs)
+
+
+async def test_a_topic_can_be_held_to_fewer_records_a_batch(bootstrap_servers: str, topic: str) -> None:
+    """The embedded broker's changelogs get one record per batch (its end offsets are right only
+    after such a batch); the events published with them keep the producer's full batches."""
+    other = f"{topic}-other"
+    await ensure_topics(bootstrap_servers, [TopicSpec(other, PARTITIONS, 1)])
+    capped = [Out(topic, f"key-{i}".encode(), b"state", [], i % PARTITIONS) for i in range(9)]
+    free = [Out(other, f"key-{i}".encode(), b"event", [], i % PARTITIONS) for i in range(9)]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=16384, acks=-1)
+    await producer.start()
+    batches: list[tuple[str, int, int]] = []
+    send_batch = producer.send_batch
+
+    async def counted(batch: Any, topic: str, *, partition: int) -> Any:
+        batches.append((topic, partition, batch.record_count()))
+        return await send_batch(batch, topic, partition=partition)
+
+    try:
+        producer.send_batch = counted  # type: ignore[method-assign]
+        last = await publish(producer, [*capped, *free], {topic: 1})
+    finally:
+        await producer.stop()
+    assert sorted(batches) == sorted(
+        [(topic, p, 1) for p in range(PARTITIONS) for _ in range(3)]
+        + [(other, p, 3) for p in range(PARTITIONS)]
+    )
+    assert last == {(t, p): 2 for t in (topic, other) for p in range(PARTITIONS)}
+    records = await read_all(bootstrap_servers, topic, len(capped))
+    assert sorted((r.partition, r.offset, r.key) for r in records) == sorted(
+        (i % PARTITIONS, i // PARTITIONS, f"key-{i}".encode()) for i in range(9)
+    )

@@ -93,8 +93,9 @@ def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> It
         env["PREFECT_EVENTS_SESSION_TIMEOUT_S"] = session
         if broker_kind == "embedded":
             # Tansu's ListOffsets answers the last batch's base offset + 1: with one record per
-            # batch, Faust's changelog recovery reads the whole log (README, "The embedded broker", defect 1).
-            env["PREFECT_EVENTS_PRODUCER_MAX_BATCH_BYTES"] = "1"
+            # changelog batch, Faust's changelog recovery reads the whole log (README, "The
+            # embedded broker", defect 1). Every other topic gets the default, multi-record batches.
+            env["PREFECT_EVENTS_CHANGELOG_BATCH_RECORDS"] = "1"
         env.update({f"PREFECT_EVENTS_{name.upper()}": value for name, value in settings.items()})
         env["PREFECT_EVENTS_DATA_DIR"] = str(tmp_path / "data")
         log = tmp_path / f"worker-{len(started)}.log"

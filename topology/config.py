@@ -71,6 +71,13 @@ class Settings:
             "record per batch (Tansu)"
         },
     )
+    changelog_batch_records: int = field(
+        default=0,
+        metadata={
+            "help": "most records per producer batch on the tables' changelogs; 0 = no limit "
+            "but producer_max_batch_bytes; 1 on the embedded broker (its end offsets)"
+        },
+    )
     commit_interval_s: float = 1.0
     session_timeout_s: float = field(
         default=10.0, metadata={"help": "consumer group session timeout (Kafka allows 6..1800)"}
@@ -182,6 +189,7 @@ def validate(s: Settings) -> None:
         ("fetch_max_wait_ms", 0, 60_000),
         ("producer_linger_ms", 0, 60_000),
         ("producer_max_batch_bytes", 1, 64 * 1024 * 1024),
+        ("changelog_batch_records", 0, 1_000_000),
         ("metrics_port", 0, 65_535),
         ("rocksdb_write_buffer_mb", 1, 4096),
         ("rocksdb_block_cache_mb", 1, 65_536),

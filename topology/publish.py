@@ -4,8 +4,8 @@ aiokafka's `send` costs a future, a partition look-up and an accumulator append 
 the worker produces 3-5 records per input (events, forwards, changelog records): a fifth of its
 CPU went there. Here records are grouped by partition (order within a partition kept), appended
 to `BatchBuilder`s (one C call each) and submitted with `send_batch`. The producer's batch size
-still bounds a batch, so `producer_max_batch_bytes=1` keeps one record per batch where the
-embedded broker needs it.
+still bounds a batch; `records_per_batch` can bound some topics' batches further (the embedded
+broker needs one record per batch on the changelogs, and only there).
 
 aiokafka's sender puts at most one batch per partition in a produce request and has one request
 in flight per broker, so a partition's k batches take k round trips, one after the other. With
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -28,12 +28,17 @@ from topology.records import Out, partition_for
 Lane = tuple[str, int]  # (topic, partition)
 
 
-async def publish(producer: AIOKafkaProducer, outputs: Sequence[Out]) -> dict[Lane, int]:
+async def publish(
+    producer: AIOKafkaProducer,
+    outputs: Sequence[Out],
+    records_per_batch: Mapping[str, int] | None = None,
+) -> dict[Lane, int]:
     """Send `outputs` and wait until the broker has acknowledged every one of them.
 
     A record without a partition goes where Kafka's default partitioner would put it (murmur2 of
-    its key; a keyless one anywhere). Returns the offset of the last record written to each
-    partition (a changelog's persisted offset)."""
+    its key; a keyless one anywhere). A topic in `records_per_batch` gets batches of at most that
+    many records. Returns the offset of the last record written to each partition (a changelog's
+    persisted offset)."""
     lanes: dict[Lane, list[Out]] = {}
     partition_counts: dict[str, int] = {}
     for out in outputs:
@@ -49,11 +54,12 @@ async def publish(producer: AIOKafkaProducer, outputs: Sequence[Out]) -> dict[La
         else:
             records.append(out)
     sent: list[tuple[Lane, int, asyncio.Future[Any]]] = []
+    caps = records_per_batch or {}
     for (topic, partition), records in lanes.items():
-        i = 0
+        i, cap = 0, caps.get(topic, len(records))
         while i < len(records):  # as many batches as the producer's batch size needs
             batch, first = producer.create_batch(), i
-            while i < len(records) and _append(batch, records[i]):
+            while i < len(records) and i - first < cap and _append(batch, records[i]):
                 i += 1  # the first record always fits an empty batch
             batch.close()  # complete: no linger, it leaves with the next request
             future = await producer.send_batch(batch, topic, partition=partition)

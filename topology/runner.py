@@ -63,14 +63,14 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
 
 def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
     """The embedded broker lives in memory and starts empty, so state must too (a kept RocksDB
-    directory would claim offsets it never had); its defects want one record per batch and a
-    short fetch wait (README, "The embedded broker")."""
+    directory would claim offsets it never had); its defects want one record per changelog
+    batch and a short fetch wait (README, "The embedded broker")."""
     return dataclasses.replace(
         settings,
         bootstrap_servers=bootstrap_servers,
         store="memory://",
         fetch_max_wait_ms=min(settings.fetch_max_wait_ms, 10),
-        producer_max_batch_bytes=1,
+        changelog_batch_records=1,
     )
 
 
