@@ -67,8 +67,7 @@ class Settings:
         default=1_000_000,
         metadata={
             "help": "largest producer batch: a batch's records for one partition leave in batches "
-            "this size, one round trip each; keep under the broker's message.max.bytes; 1 = one "
-            "record per batch (Tansu)"
+            "this size, one round trip each; keep under the broker's message.max.bytes"
         },
     )
     changelog_batch_records: int = field(
