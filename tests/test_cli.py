@@ -37,6 +37,10 @@ def cli(
         ),
         (["config", "--partitions", "0"], "prefect-events: error: partitions: 0 is out of range [1, 10000]"),
         (
+            ["config", "--changelog-batch-records", "-1"],
+            "prefect-events: error: changelog_batch_records: -1 is out of range [0, 1000000]",
+        ),
+        (
             ["config", "--store", "redis://"],
             "prefect-events: error: store: 'redis://' must be memory:// or rocksdb://",
         ),
