@@ -934,6 +934,14 @@ def table(r: dict[str, Any]) -> str:
             e = lat["e2e_ms"]
             rows.append((f"latency {tag} @{lat['rate_msgs_per_s']}/s p50 / p99 ms",
                          f"{e['p50']} / {e['p99']}  (max {e['max']})"))
+            # The event's record timestamp: when the worker handed it to its producer, before the
+            # produce round trip and the collector's own fetch (Tansu's W/2, defect 2).
+            wp = lat.get("to_worker_publish_ms") or {}
+            rows.append(("  input sent → event handed to the producer, p50 / p99 ms",
+                         f"{wp.get('p50')} / {wp.get('p99')}"))
+            windows = lat.get("e2e_ms_by_5s_of_sending") or {}
+            rows.append(("  p99 ms per 5 s of sending", " ".join(
+                str(w.get("p99")) for w in windows.values())))
             cores = lat.get("cores_used_while_sending", {})
             rows.append((f"  cores used at {lat['rate_msgs_per_s']}/s (of {os.cpu_count()})",
                          ", ".join(f"{who} {c}" for who, c in cores.items() if c is not None)))
