@@ -1,9 +1,11 @@
 """The worker's memory and tables: RocksDB stores sized by the settings, not by Faust's
-2 GB-per-store defaults, read and written by partition (topology.store); glibc's arenas capped."""
+2 GB-per-store defaults, read and written by partition (topology.store); glibc's arenas capped;
+Python's cyclic collector run less often."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import platform
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from topology import config
 from topology.app import Worker
 from topology.records import Out, partition_for
-from topology.runner import limit_malloc_arenas
+from topology.runner import limit_malloc_arenas, tune_gc
 from topology.steps import Stamped
 from topology.store import LocalStore
 
@@ -111,6 +113,18 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
 def test_the_worker_caps_glibcs_malloc_arenas_unless_the_environment_says_otherwise() -> None:
     assert limit_malloc_arenas(environ={}) is True
     assert limit_malloc_arenas(environ={"MALLOC_ARENA_MAX": "8"}) is False
+
+
+def test_the_worker_collects_cyclic_garbage_every_50000_allocations_unless_told_otherwise() -> None:
+    python_default = gc.get_threshold()
+    try:
+        assert tune_gc(config.load({}, environ={}).gc_gen0_threshold) == (50_000, 20, 100)
+        gc.set_threshold(*python_default)
+        assert tune_gc(config.load({"gc_gen0_threshold": "0"}, environ={}).gc_gen0_threshold) == (
+            python_default
+        )
+    finally:
+        gc.set_threshold(*python_default)
 
 
 @pytest.mark.parametrize("store", ["rocksdb://", "memory://"])
