@@ -8,6 +8,8 @@ in batches of the worker's size. No Kafka, no Faust: what the logic costs per me
 
 msgs/s drifts with the machine's load; instructions under callgrind do not: the second count
 minus the first is the steps' cost, comparable between commits (README, "Performance").
+Python's cyclic collector runs as the worker's does (topology.runner.tune_gc); `--python-gc`
+keeps Python's own thresholds, as every count before `b2eb181` did.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from topology_driver import Driver, topics  # noqa: E402
 
 from bench import workload as wl  # noqa: E402
+from topology import config  # noqa: E402
+from topology.runner import tune_gc  # noqa: E402
 
 
 def main() -> None:
@@ -31,7 +35,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500, help="the worker's default")
     parser.add_argument("--only-generate", action="store_true",
                         help="stop before processing (the callgrind baseline)")
+    parser.add_argument("--python-gc", action="store_true",
+                        help="keep Python's collector thresholds instead of the worker's")
     args = parser.parse_args()
+    if not args.python_gc:
+        tune_gc(config.load({}, environ={}).gc_gen0_threshold)
     t = topics(4, 4)
     driver = Driver(t, batch_size=args.batch_size)
     for m in wl.mixed(args.messages).messages:
