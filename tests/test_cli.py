@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -66,6 +67,20 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     result = cli(*args)
     assert result.returncode == 2
     assert result.stderr.decode() == message + "\n"
+
+
+@pytest.mark.parametrize("command", ["worker", "process", "produce", "tail", "config", "demo", "forward"])
+def test_every_command_explains_itself(command: str) -> None:
+    result = cli(command, "--help")
+    assert (result.returncode, result.stderr) == (0, b"")
+    if command != "process":  # the offline command takes no broker settings
+        for f in dataclasses.fields(config.Settings):
+            assert "--" + f.name.replace("_", "-") in result.stdout.decode()
+
+
+def test_a_settings_help_may_say_percent() -> None:
+    result = cli("worker", "--help")
+    assert "~20% of its throughput" in " ".join(result.stdout.decode().split())
 
 
 def test_unreachable_broker_is_one_line_and_exit_1() -> None:

@@ -44,7 +44,8 @@ def _settings_parser() -> argparse.ArgumentParser:
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
-            help=f"{help_text} [env {config.env_name(f)}, default {f.default!r}]".strip(),
+            # argparse formats help with %: a literal one ("20%") would crash --help.
+            help=f"{help_text} [env {config.env_name(f)}, default {f.default!r}]".replace("%", "%%"),
         )
     return parent
 
