@@ -134,3 +134,15 @@ def test_process_reads_stdin_and_reports_dead_letters_by_line() -> None:
     assert event["event"] == "prefect.artifact.updated"
     assert event["occurred"] == "2026-11-24T10:00:00.500000Z"
     assert event["payload"] == {}
+
+
+def test_the_readme_documents_every_setting() -> None:
+    """Operators configure the worker from the README's settings table: a setting missing there
+    exists only for those who read the code."""
+    readme = (ROOT / "README.md").read_text()
+    missing = [
+        f.name
+        for f in dataclasses.fields(config.Settings)
+        if f"`{f.name}`" not in readme and not (f.name.endswith("_topic") and "`*_topic`" in readme)
+    ]
+    assert missing == []
