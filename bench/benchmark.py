@@ -348,7 +348,7 @@ async def first_timestamp(bs: str, topics: list[str]) -> int | None:
 # to a stop at 10 ms. The latency phase too: shorter waits mean more fetches, each reading through
 # every batch of its partitions, and at 2,000 msgs/s the broker then took a core and p99 climbed
 # through the run (10 ms: 93 -> 329 ms per 5 s, 30 ms: 148 -> 340, 50 ms: 158 -> 203, 100 ms:
-# 161 -> 201, flat; README, "Performance", note 4).
+# 161 -> 201, flat; bench/NOTES.md, note 4).
 FETCH_WAIT_MS = 100
 IDLE_S = 15.0  # a saturation run ends when no event came for this long (--idle-seconds)
 LATENCY_FETCH_WAIT_MS = FETCH_WAIT_MS
@@ -955,7 +955,7 @@ def table(r: dict[str, Any]) -> str:
     s = r.get("state", {})
     if "keys_1k" in s:
         few = s["keys_1k"]
-        # What slows this run is versions per key, not keys (README, "Performance", note 8).
+        # What slows this run is versions per key, not keys (bench/NOTES.md, note 8).
         rows.append((f"creates, 1k keys ({few['messages'] // 1000:,} versions a key), msgs/s",
                      f"{few['msgs_per_s'] or 0:,}"))
         # Fewer events than the offline count is expected here, and the run ends 'idle': a key's

@@ -160,7 +160,7 @@ def _creates(n, key=KEY, start=0):
 def test_a_keys_records_stay_small_however_many_versions_it_has():
     """A batch touching a key with 1,000 live versions rewrites one page and the collection record
     (16 members inline and the summary of 16 pages), not every member: under 8 KB apiece. The
-    record of all members it replaces was ~60 KB at 1,000 versions (README, Performance, note 8)."""
+    record of all members it replaces was ~60 KB at 1,000 versions (bench/NOTES.md, note 8)."""
     table = Table()
     records = _by_key(_creates(1001))
     for i in range(0, 1000, 50):
