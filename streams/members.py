@@ -6,7 +6,7 @@ as every member once did: most keys have a few live versions, and then an operat
 writes the one record. Members beyond that go to pages of up to `PAGE_SIZE`, each a record of its own
 beside the collection's, and the collection record holds only a summary per page (live count and
 best member). An operation on a large key rewrites one page and the summary, so a key's cost no
-longer grows with its versions the way a record holding every member did (README, Performance,
+longer grows with its versions the way a record holding every member did (bench/NOTES.md,
 note 8), and a key reaches Kafka's 1 MB message limit at ~1M live versions instead of ~15,000.
 
 Pages and the replay rule (streams.replay). Pages are written before their collection record and
