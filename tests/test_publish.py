@@ -41,12 +41,7 @@ async def read_all(bootstrap: str, topic: str, count: int) -> list[Any]:
 async def published(
     bootstrap: str, outputs: list[Out], max_batch_size: int
 ) -> tuple[dict[Any, int], list[Any]]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=max_batch_size, acks=-1)
-    await producer.start()
-    try:
-        last = await publish(producer, outputs)
-    finally:
-        await producer.stop()
+    last, _ = await published_in_batches(bootstrap, outputs, max_batch_size)
     return last, await read_all(bootstrap, outputs[0].topic, len(outputs))
 
 
@@ -113,40 +108,11 @@ async def test_nothing_to_publish_sends_nothing(bootstrap_servers: str) -> None:
         await producer.stop()
 
 
-async def test_a_steps_batch_leaves_in_one_batch_per_partition_by_default(
-    bootstrap_servers: str, topic: str
-) -> None:
-    """aiokafka's sender takes one batch per partition into a request and keeps one request in
-    flight per broker, so a partition's k batches cost k round trips in a row. With the default
-    batch size, a step's batch of 500 events of ~2 KB is one batch per partition."""
-    default = config.load({}, environ={}).producer_max_batch_bytes
-    outputs = [Out(topic, f"key-{i}".encode(), b"x" * 2000, []) for i in range(500)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=default, acks=-1)
-    await producer.start()
-    batches: list[int] = []
-    send_batch = producer.send_batch
-
-    async def counted(batch: Any, topic: str, *, partition: int) -> Any:
-        batches.append(partition)
-        return await send_batch(batch, topic, partition=partition)
-
-    try:
-        producer.send_batch = counted  # type: ignore[method-assign]
-        last = await publish(producer, outputs)
-    finally:
-        await producer.stop()
-    assert sorted(batches) == list(range(PARTITIONS))
-    assert sum(offset + 1 for offset in last.values()) == len(outputs)
-
-
-async def test_a_topic_can_be_held_to_fewer_records_a_batch(bootstrap_servers: str, topic: str) -> None:
-    """The embedded broker's changelogs get one record per batch (its end offsets are right only
-    after such a batch); the events published with them keep the producer's full batches."""
-    other = f"{topic}-other"
-    await ensure_topics(bootstrap_servers, [TopicSpec(other, PARTITIONS, 1)])
-    capped = [Out(topic, f"key-{i}".encode(), b"state", [], i % PARTITIONS) for i in range(9)]
-    free = [Out(other, f"key-{i}".encode(), b"event", [], i % PARTITIONS) for i in range(9)]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, max_batch_size=16384, acks=-1)
+async def published_in_batches(
+    bootstrap: str, outputs: list[Out], max_batch_size: int, records_per_batch: dict[str, int] | None = None
+) -> tuple[dict[Any, int], list[tuple[str, int, int]]]:
+    """`publish` with the producer's batches counted: (topic, partition, records) each."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, max_batch_size=max_batch_size, acks=-1)
     await producer.start()
     batches: list[tuple[str, int, int]] = []
     send_batch = producer.send_batch
@@ -157,9 +123,33 @@ async def test_a_topic_can_be_held_to_fewer_records_a_batch(bootstrap_servers: s
 
     try:
         producer.send_batch = counted  # type: ignore[method-assign]
-        last = await publish(producer, [*capped, *free], {topic: 1})
+        last = await publish(producer, outputs, records_per_batch)
     finally:
         await producer.stop()
+    return last, batches
+
+
+async def test_a_steps_batch_leaves_in_one_batch_per_partition_by_default(
+    bootstrap_servers: str, topic: str
+) -> None:
+    """aiokafka's sender takes one batch per partition into a request and keeps one request in
+    flight per broker, so a partition's k batches cost k round trips in a row. With the default
+    batch size, a step's batch of 500 events of ~2 KB is one batch per partition."""
+    default = config.load({}, environ={}).producer_max_batch_bytes
+    outputs = [Out(topic, f"key-{i}".encode(), b"x" * 2000, []) for i in range(500)]
+    last, batches = await published_in_batches(bootstrap_servers, outputs, default)
+    assert sorted(partition for _, partition, _ in batches) == list(range(PARTITIONS))
+    assert sum(offset + 1 for offset in last.values()) == len(outputs)
+
+
+async def test_a_topic_can_be_held_to_fewer_records_a_batch(bootstrap_servers: str, topic: str) -> None:
+    """The embedded broker's changelogs get one record per batch (its end offsets are right only
+    after such a batch); the events published with them keep the producer's full batches."""
+    other = f"{topic}-other"
+    await ensure_topics(bootstrap_servers, [TopicSpec(other, PARTITIONS, 1)])
+    capped = [Out(topic, f"key-{i}".encode(), b"state", [], i % PARTITIONS) for i in range(9)]
+    free = [Out(other, f"key-{i}".encode(), b"event", [], i % PARTITIONS) for i in range(9)]
+    last, batches = await published_in_batches(bootstrap_servers, [*capped, *free], 16384, {topic: 1})
     assert sorted(batches) == sorted(
         [(topic, p, 1) for p in range(PARTITIONS) for _ in range(3)]
         + [(other, p, 3) for p in range(PARTITIONS)]
