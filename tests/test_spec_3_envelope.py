@@ -113,6 +113,19 @@ class TestIds:
         assert len(set(ids)) == 2
         assert ids[0][:13] == ids[1][:13]  # same millisecond prefix
 
+    def test_id_does_not_depend_on_the_message_before(self):
+        """A message's events share the hash of its bytes; other messages in between change nothing."""
+        args = [(h.us(), "prefect.test.event", f"prefect.test.{i}") for i in range(3)]
+        a, b = b"message a", b"message b"
+        alone = [envelope.event_id(*x, a) for x in args]
+        interleaved = []
+        for x in args:
+            interleaved.append(envelope.event_id(*x, a))
+            envelope.event_id(*x, b)
+            interleaved.append(envelope.event_id(*x, bytes(bytearray(a))))  # equal, not the same
+        assert interleaved == [i for i in alone for _ in (0, 1)]
+        assert len(set(alone)) == 3
+
     @pytest.mark.parametrize(
         "change",
         [
