@@ -50,12 +50,14 @@ def events(
     name = materialization_name(result)
     if name is None or not downstream:
         return []
+    # Every event of the message shares these lists: build() only reads them.
+    context = run_context_related(result.context)
     out = [
         envelope.build(
             occurred_us=result.occurred_us,
             name=REFERENCED,
             resource=_labels(asset),
-            related=run_context_related(result.context),
+            related=context,
             payload={},
             content=content,
         )
@@ -64,9 +66,8 @@ def events(
     lineage = [related_entry(asset.key, "asset") for asset in upstream]
     if result.materialized_by:
         lineage.append(related_entry(result.materialized_by, "asset-materialized-by"))
+    related = append_unique(append_unique([], lineage), context)
     for item in downstream:
-        related = append_unique([], lineage)
-        append_unique(related, run_context_related(result.context))
         out.append(
             envelope.build(
                 occurred_us=result.occurred_us,
