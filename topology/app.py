@@ -362,9 +362,10 @@ class Worker:
             if highwater is not None:
                 m.consumer_lag(topic, partition, max(0, highwater - offset - 1))
         if result.emitted:  # events left the worker: input timestamp → now, per message
+            now = time.time()
             for record in batch:
                 if record.timestamp_ms is not None:
-                    m.end_to_end(record.timestamp_ms)
+                    m.end_to_end(record.timestamp_ms, now)
         for name, count in result.emitted.items():
             m.emitted(name, count)
         for source, why in result.dead_letters:
