@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 from streams.errors import Invalid
 
@@ -36,7 +37,14 @@ def parse(value: object, where: str) -> int:
 
 def render(micros: int) -> str:
     """Microseconds → `YYYY-MM-DDTHH:MM:SS.ffffffZ`."""
-    return (datetime(1970, 1, 1) + timedelta(microseconds=micros)).isoformat(timespec="microseconds") + "Z"
+    seconds, fraction = divmod(micros, 1_000_000)
+    return f"{_render_second(seconds)}.{fraction:06d}Z"
+
+
+@lru_cache(maxsize=1 << 12)
+def _render_second(seconds: int) -> str:
+    """Every event renders its time, and a busy second has thousands: the date part is made once."""
+    return (datetime(1970, 1, 1) + timedelta(seconds=seconds)).isoformat()
 
 
 def type_name(value: object) -> str:
