@@ -86,6 +86,7 @@ def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> It
         partitions: int = 4,
         input_partitions: int = 4,
         guarantee: str = "at_least_once",
+        stdin: int | None = None,
         **settings: str,
     ) -> RunningWorker:
         env = _env(bootstrap_servers, partitions, input_partitions)
@@ -105,6 +106,7 @@ def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> It
             [sys.executable, "-m", "topology.cli", "worker"],
             env=env,
             cwd=ROOT,
+            stdin=stdin,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
         )
@@ -397,6 +399,23 @@ def test_sigterm_finishes_commits_and_exits_cleanly(
             await consumer.stop()
 
     assert asyncio.run(committed()) == 3
+
+
+def test_sigusr2_does_not_stop_the_worker(start_worker: StartWorker, bootstrap_servers: str) -> None:
+    """mode's Worker answers SIGUSR2 with pdb on the event loop: with stdin open (a pipe, a
+    container started with -i) the worker would wait for a debugger command forever, holding its
+    partitions and processing nothing."""
+    worker = start_worker(partitions=1, input_partitions=1, stdin=subprocess.PIPE)
+    s = worker.settings
+    before = description_update("2026-11-24T10:00:00Z", "before the signal")
+    after = description_update("2026-11-24T10:00:01Z", "after the signal")
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [before]))
+    assert len(asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 1))) == 1
+    worker.process.send_signal(signal.SIGUSR2)
+    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, [after]))
+    events = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, 2, timeout_s=30))
+    assert [v for _, v, _ in events] == offline_lines(before) + offline_lines(after)
+    assert "SIGUSR2 ignored" in worker.log.read_text()
 
 
 @pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
