@@ -48,15 +48,12 @@ def awaiting(coro: Any) -> list[str]:
 
 
 def ignore_debugger_signal() -> None:
+    """SIGUSR2. mode's Worker answers it with pdb on the event loop: with stdin open (a pipe, a
+    container run with -i) the worker then waits for a debugger command forever, holding its
+    partitions and processing nothing."""
     log.warning("SIGUSR2 ignored: this worker does not start a debugger (kill -USR1 logs its tasks)")
 
 
 async def install() -> None:
-    """An app task: runs once on the worker's event loop.
-
-    Also takes SIGUSR2 from mode's Worker, which answers it with pdb on the event loop: with stdin
-    open (a pipe, a container run with -i) the worker then waits for a debugger command forever,
-    holding its partitions and processing nothing."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
-    loop.add_signal_handler(signal.SIGUSR2, ignore_debugger_signal)
+    """An app task: runs once on the worker's event loop."""
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, dump_tasks)

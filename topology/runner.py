@@ -89,6 +89,14 @@ def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
     )
 
 
+class _FaustWorker(faust.Worker):
+    """Faust's worker, minus the debugger that mode starts on SIGUSR2 (from the first moment:
+    a recovery can take minutes before the app's tasks run)."""
+
+    def _on_sigusr2(self) -> None:
+        diagnostics.ignore_debugger_signal()
+
+
 def run_worker(
     settings: Settings,
     *,
@@ -113,7 +121,7 @@ def run_worker(
         if on_ready is not None:
             on_ready(settings)
         worker = build(settings)
-        faust_worker = faust.Worker(
+        faust_worker = _FaustWorker(
             worker.app,
             loglevel=settings.log_level.upper(),
             logging_config=logs.logging_config(settings),
