@@ -43,7 +43,7 @@ class CollectionState:
 def decode(
     value: dict[str, Any] | None,
     load_page: Callable[[int], bytes | None],
-    stored_page: Callable[[str], int | None],
+    stored_page: Callable[[str, int], int | None],
 ) -> CollectionState:
     """A stored collection record (None: none yet). A record from before pages held every member
     (`members`: id -> created); those stay inline in it until they are deleted."""

@@ -375,8 +375,8 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         return stored[artifact_id]
 
     def decode(key: bytes, partition: int, value: Any) -> CollectionState:
-        def stored_page(artifact_id: str) -> int | None:
-            found = stored_version(artifact_id, partition, state.members.as_of)
+        def stored_page(artifact_id: str, as_of: int) -> int | None:
+            found = stored_version(artifact_id, partition, as_of)
             return None if found is None else found[1]
 
         state = collection_record.decode(
