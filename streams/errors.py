@@ -13,3 +13,9 @@ class Invalid(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.reason}"
+
+    def bare(self) -> Invalid:
+        """The same reason, to keep: a caught exception's traceback holds the frames it passed
+        through, and with them whatever holds the exception (the batch's parsed messages, its
+        result), a reference cycle that only Python's collector frees."""
+        return Invalid(self.code, self.reason)

@@ -58,7 +58,7 @@ class ArtifactPipeline:
                 for artifact_id, version in coll_step.versions.items():
                     _put(self.versions, artifact_id, version)
         except Invalid as exc:
-            return Outcome(dead_letter=exc)
+            return Outcome(dead_letter=exc.bare())
         if step.changed:
             _put(self.memberships, op.artifact_id, step.membership)
         return Outcome(events, unknown_delete=step.unknown_delete)
@@ -78,7 +78,7 @@ class AssetPipeline:
             current = self.lineages.get(key) if key is not None else None
             step = lineage.apply(current, result, raw, self.retention_us)
         except Invalid as exc:
-            return Outcome(dead_letter=exc)
+            return Outcome(dead_letter=exc.bare())
         if key is not None and step.lineage is not None:
             self.lineages[key] = step.lineage
         self.watermark_us = max(self.watermark_us, result.occurred_us)

@@ -8,6 +8,7 @@ from, and that a replayed batch is either skipped or gives byte-identical output
 from __future__ import annotations
 
 import copy
+import gc
 import json
 from collections import Counter
 
@@ -267,6 +268,43 @@ def _route_artifacts(batch):
 
 def _route_task_results(batch):
     return steps.apply_lineage(TOPICS, batch, lambda key, partition: None, 7 * 86_400_000_000)
+
+
+def _dead_letter_batches():
+    """Every bad message of this module, with a good one, at each step that can refuse it."""
+    artifacts = [b for _, b, _ in BAD_ARTIFACTS] + [h.create(V1, at=0)]
+    results = [b for _, b, _ in BAD_RESULTS] + [h.task_result(A, downstream=[h.materialized("x")])]
+    raw_artifacts = _raw(RAW_ARTIFACTS, [h.encode(m) for m in artifacts])
+    raw_results = _raw(RAW_RESULTS, [h.encode(m) for m in results])
+    by_id, by_flow_run = _by_id(artifacts), _by_flow_run(results)
+    # The memberships step refuses what would fail later: here only a record it did not write.
+    by_key = [*_by_key(artifacts), InRecord(TOPICS.artifacts_by_key, 0, 999, b"k", b"{}")]
+    week_us = 7 * 86_400_000_000
+    return {
+        "routing-artifacts": lambda: _route_artifacts(raw_artifacts),
+        "memberships": lambda: steps.apply_memberships(TOPICS, by_id, Table().load),
+        "collections": lambda: steps.apply_collections(TOPICS, by_key, Table().load),
+        "routing-task-results": lambda: _route_task_results(raw_results),
+        "lineage": lambda: steps.apply_lineage(TOPICS, by_flow_run, Table().load, week_us),
+    }
+
+
+@pytest.mark.parametrize(
+    "step", ["routing-artifacts", "memberships", "collections", "routing-task-results", "lineage"]
+)
+def test_a_dead_letter_leaves_nothing_for_pythons_collector(step):
+    """A step keeps a dead letter's reason, not the exception that carried it: its traceback would
+    hold the step's frames, and with them the whole batch, until Python's collector ran."""
+    run = _dead_letter_batches()[step]
+    gc.collect()
+    gc.disable()
+    try:
+        result = run()
+        assert result.dead_letters
+        del result
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
 
 
 def _replay_twice(run, batch, applied):

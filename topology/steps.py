@@ -108,7 +108,7 @@ class BatchResult:
 
     def reject(self, topic: str, record: InRecord, source: Source, why: Invalid) -> None:
         self.outputs.append(dead_letter(topic, record.key, record.value, source, why))
-        self.dead_letters.append((source, why))
+        self.dead_letters.append((source, why.bare()))
 
 
 Load = Callable[[bytes, int], bytes | None]  # (table key, partition) → stored value
@@ -155,7 +155,7 @@ def in_event_time_order(
             parsed: Any = parse(_value(record))
             when = parsed.occurred_us
         except Invalid as why:
-            parsed, when = why, -1
+            parsed, when = why.bare(), -1
         lanes.setdefault((record.topic, record.partition), []).append((when, i, record, parsed))
     if len(lanes) == 1:
         for _, _, record, parsed in next(iter(lanes.values())):
