@@ -9,12 +9,14 @@ dicts. The golden normaliser is /work/shared/golden/compare.py itself, loaded fr
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import importlib.util
 import json
 import uuid
-from collections.abc import Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any
 
 import pytest
@@ -348,6 +350,33 @@ def check_envelope(value: bytes) -> dict[str, Any]:
 
 
 # --- golden files -----------------------------------------------------------------------------
+
+
+def garbage_left_by(run: Callable[[], Any]) -> list[str]:
+    """What of ours `run` left to Python's collector (reference cycles), by type or frame, with
+    counts: the worker collects rarely, so a cycle per message or key keeps whole batches alive.
+    Only our objects count, so that another thread's garbage meanwhile cannot fail a test."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        result = run()
+        del result
+        gc.collect()
+        found = [_ours(item) for item in gc.garbage]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    return sorted(f"{name} x{n}" for name, n in Counter(found).items() if name is not None)
+
+
+def _ours(item: Any) -> str | None:
+    if isinstance(item, FrameType):
+        where = item.f_code.co_filename
+        return f"frame {item.f_code.co_name}" if "/streams/" in where or "/topology/" in where else None
+    module = type(item).__module__ or ""
+    return type(item).__qualname__ if module.split(".")[0] in ("streams", "topology") else None
 
 
 def load_compare() -> ModuleType | None:

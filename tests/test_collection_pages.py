@@ -4,7 +4,6 @@ events of the in-memory pipeline, and a key's records stay small however many ve
 
 from __future__ import annotations
 
-import gc
 import itertools
 from collections import Counter
 from contextlib import contextmanager
@@ -184,15 +183,13 @@ def test_a_batch_leaves_nothing_for_pythons_collector():
     ops += [h.delete(h.uid(0x1000 + i), at=800 + i) for i in range(0, 300, 11)]
     records = _by_key(ops)
     table.write(steps.apply_collections(TOPICS, records[:250], table.load))  # stored pages
-    gc.collect()
-    gc.disable()
-    try:
+
+    def run():
         result = steps.apply_collections(TOPICS, records[250:], table.load)
         assert result.outputs and any(key[:1] == b"\xfe" for key in result.writes_before)  # pages
-        del result
-        assert gc.collect() == 0
-    finally:
-        gc.enable()
+        return result
+
+    assert h.garbage_left_by(run) == []
 
 
 def test_deleting_the_latest_re_points_across_pages():

@@ -8,7 +8,6 @@ from, and that a replayed batch is either skipped or gives byte-identical output
 from __future__ import annotations
 
 import copy
-import gc
 import json
 from collections import Counter
 
@@ -296,15 +295,13 @@ def test_a_dead_letter_leaves_nothing_for_pythons_collector(step):
     """A step keeps a dead letter's reason, not the exception that carried it: its traceback would
     hold the step's frames, and with them the whole batch, until Python's collector ran."""
     run = _dead_letter_batches()[step]
-    gc.collect()
-    gc.disable()
-    try:
+
+    def refusing():
         result = run()
         assert result.dead_letters
-        del result
-        assert gc.collect() == 0
-    finally:
-        gc.enable()
+        return result
+
+    assert h.garbage_left_by(refusing) == []
 
 
 def _replay_twice(run, batch, applied):
