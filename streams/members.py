@@ -237,12 +237,22 @@ class MemberPages:
 
     def _as_of_record(self, stored: dict[str, Entry]) -> dict[str, Entry]:
         """The page as the collection record knows it: what a crashed run of a later batch added is
-        dropped and what it removed is live again; what was removed before is compacted away."""
-        seq, out = self.as_of, {}
-        for aid, (created, added, removed) in stored.items():
+        dropped and what it removed is live again; what was removed before is compacted away.
+        Usually there is nothing to undo and the page is taken as read: a hot key reads its open
+        page with every touch, and copying its 64 entries was most of the reading."""
+        seq = self.as_of
+        for _, added, removed in stored.values():
+            if added > seq or removed is not None:
+                break
+        else:
+            return stored
+        out = {}
+        for aid, entry in stored.items():
+            added, removed = entry[1], entry[2]
             if added > seq or (removed is not None and removed <= seq):
                 continue
-            out[aid] = [created, added, None]
+            entry[2] = None
+            out[aid] = entry
         return out
 
 
