@@ -10,11 +10,20 @@ msgs/s drifts with the machine's load; instructions under callgrind do not: the 
 minus the first is the steps' cost, comparable between commits (README, "Performance").
 Python's cyclic collector runs as the worker's does (topology.runner.tune_gc); `--python-gc`
 keeps Python's own thresholds, as every count before `b2eb181` did.
+
+    .venv/bin/python bench/steps.py --touch --messages 150000
+
+`--touch` asks what a key's versions cost, without the broker (README, the flatness target): after
+`--messages` keyed creates over 1,000 keys, and again over as many keys as creates, it times the
+collections step on one more create at a time, into a key of `messages/1000` versions and into a
+new key. The state is built first and frozen out of the collector's way, and each create is its
+own batch, so neither the driver's growing logs nor other keys of a batch count.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from pathlib import Path
@@ -25,8 +34,12 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from topology_driver import Driver, topics  # noqa: E402
 
 from bench import workload as wl  # noqa: E402
-from topology import config  # noqa: E402
+from topology import config, steps  # noqa: E402
+from topology.records import partition_for  # noqa: E402
 from topology.runner import tune_gc  # noqa: E402
+
+TOUCH_KEYS = 1000  # the benchmark's few keys (bench/benchmark.py, keys phase)
+TOUCH_PROBES = 2000
 
 
 def main() -> None:
@@ -37,7 +50,15 @@ def main() -> None:
                         help="stop before processing (the callgrind baseline)")
     parser.add_argument("--python-gc", action="store_true",
                         help="keep Python's collector thresholds instead of the worker's")
+    parser.add_argument("--touch", action="store_true",
+                        help="time one create into a key of messages/1000 versions and into a new key")
     args = parser.parse_args()
+    if args.touch:
+        hot = touch_us(args.messages, TOUCH_KEYS, args.python_gc)
+        new = touch_us(args.messages, args.messages + TOUCH_PROBES, args.python_gc)
+        print(f"collections step, one create a batch: into a key of {args.messages // TOUCH_KEYS:,} "
+              f"versions {hot:.1f} us, into a new key {new:.1f} us ({hot / new - 1:+.0%})")
+        return
     if not args.python_gc:
         tune_gc(config.load({}, environ={}).gc_gen0_threshold)
     t = topics(4, 4)
@@ -53,6 +74,44 @@ def main() -> None:
     events = sum(len(driver.events(topic)) for topic in (t.artifact_events, t.asset_events))
     print(f"{args.messages:,} messages, {events:,} events in {elapsed:.2f} s: "
           f"{args.messages / elapsed:,.0f} msgs/s")
+
+
+def touch_us(messages: int, keys: int, python_gc: bool, rounds: int = 5) -> float:
+    """Microseconds of the collections step for one create, the best of `rounds` over the same
+    TOUCH_PROBES creates (each round reads the same state: results are not written back)."""
+    gc.disable()
+    t = topics(4, 4)
+    driver = Driver(t, batch_size=500)
+    work = wl.creates(messages + TOUCH_PROBES, keys=keys, seed=21).messages
+    for m in work[:messages]:
+        driver.produce(t.raw_artifacts, m.value, m.key)
+    driver.run()
+    memberships, collections = driver.tables["memberships"], driver.tables["collections"]
+    probes: list[steps.InRecord] = []
+    for i, m in enumerate(work[messages:], start=10**9):  # after every offset the state marks
+        record = steps.InRecord(t.raw_artifacts, partition_for(m.key, 4), i, m.key, m.value)
+        result = steps.apply_memberships(t, [record], lambda key, _p: memberships.get(key))
+        for out in result.outputs:
+            if out.topic == t.artifacts_by_key:
+                assert out.key is not None
+                probes.append(steps.InRecord(out.topic, partition_for(out.key, 4), i,
+                                             out.key, out.value, tuple(out.headers)))
+    assert len(probes) == TOUCH_PROBES, len(probes)
+    for record in probes:  # each a create the step applies, not a replay it skips
+        result = steps.apply_collections(t, [record], lambda key, _p: collections.get(key))
+        assert not result.replays_skipped and result.writes, result
+    gc.freeze()  # the state built above is not what a touch costs
+    if not python_gc:
+        tune_gc(config.load({}, environ={}).gc_gen0_threshold)
+    gc.enable()
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for record in probes:
+            steps.apply_collections(t, [record], lambda key, _p: collections.get(key))
+        best = min(best, time.perf_counter() - started)
+    gc.unfreeze()
+    return best / len(probes) * 1e6
 
 
 if __name__ == "__main__":
