@@ -239,7 +239,7 @@ class MemberPages:
         """The page as the collection record knows it: what a crashed run of a later batch added is
         dropped and what it removed is live again; what was removed before is compacted away.
         Usually there is nothing to undo and the page is taken as read: a hot key reads its open
-        page with every touch, and copying its 64 entries was most of the reading."""
+        page with every touch, and copying its 64 entries took about as long as parsing them."""
         seq = self.as_of
         for _, added, removed in stored.values():
             if added > seq or removed is not None:
