@@ -51,7 +51,9 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+import arrival_order  # noqa: E402
 import workload as wl  # noqa: E402
+from chaos import read_all  # noqa: E402
 
 from streams.envelope import EVENT_HEADER  # noqa: E402
 from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
@@ -171,6 +173,11 @@ class Names:
                 f"{self.prefix}.raw.dead-letters"]
 
     @property
+    def handed_on(self) -> str:
+        """The memberships step's hand-over to the collections step (bench/arrival_order.py)."""
+        return f"{self.app_id}-artifacts-by-collection-key"
+
+    @property
     def routed(self) -> list[str]:
         return [f"{self.app_id}-artifacts-by-id", f"{self.app_id}-task-results-by-flow-run"]
 
@@ -216,12 +223,15 @@ class Collector:
     """Consumes output topics from the beginning and counts what arrives (and when)."""
 
     def __init__(self, bs: str, topics: list[str], *, parse_occurred: bool = False,
-                 keep_timestamps: bool = False, fetch_wait_ms: int | None = None) -> None:
+                 keep_timestamps: bool = False, keep_values: bool = False,
+                 fetch_wait_ms: int | None = None) -> None:
         self.bs, self.topics = bs, topics
         # Like the worker's (see FETCH_WAIT_MS): shorter starves on Tansu's many-batch partitions.
         self.fetch_wait_ms = FETCH_WAIT_MS if fetch_wait_ms is None else fetch_wait_ms
         self.parse_occurred = parse_occurred
         self.keep_timestamps = keep_timestamps
+        self.keep_values = keep_values
+        self.values: list[bytes] = []  # the events, with keep_values
         self.count = 0
         self.by_name: collections.Counter[str] = collections.Counter()
         self.dead_letters = 0
@@ -267,6 +277,8 @@ class Collector:
                         self.max_ts = r.timestamp
                     if self.keep_timestamps:
                         self.timestamps.append(r.timestamp)
+                    if self.keep_values:
+                        self.values.append(r.value)
                     if self.parse_occurred:
                         occurred = orjson.loads(r.value)["occurred"]
                         self.arrivals.append((occurred, now, r.timestamp, name))
@@ -479,14 +491,15 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
                          log_dir: Path, *, store: str = "rocksdb://",
                          profile_s: float | None = None, keep_timestamps: bool = False,
                          timeout_s: float = 1800, keep_data: bool = False, workers: int = 1,
-                         ) -> tuple[dict[str, Any], Path, Collector]:
-    """The worker (or `workers` of them, one consumer group) draining `msgs` pre-produced."""
+                         verify: bool = False) -> tuple[dict[str, Any], Path, Collector]:
+    """The worker (or `workers` of them, one consumer group) draining `msgs` pre-produced;
+    with `verify`, its events checked one by one against its arrival order (`arrival_order`)."""
     assert workers == 1 or not (keep_data or profile_s), "state and profile: one worker only"
     names = Names(prefix)
     await create_topics(bs, [*names.raw.values(), *names.outputs])
     log(f"{prefix}: pre-producing {len(msgs)} messages")
     produce_rate = await produce_all(bs, names, msgs)
-    collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps)
+    collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps, keep_values=verify)
     await collector.start()
     data_dirs = [Path(tempfile.mkdtemp(prefix=f"{prefix}-data-")) for _ in range(workers)]
     group = [WorkerProc(bs, names, store, d, log_dir, prefix if workers == 1 else f"{prefix}-{i}")
@@ -550,6 +563,12 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
         "preproduce_msgs_per_s": round(produce_rate),
         "worker_exit_code": codes[0] if workers == 1 else codes,
     })
+    if verify:
+        handed_on = [arrival_order.HandedOn(r.partition, r.offset, r.key, r.value, r.headers)
+                     for r in await read_all(bs, [names.handed_on])]
+        expected_here = arrival_order.expected_events(msgs, handed_on)
+        result["arrival_order"] = arrival_order.compare(expected_here, collector.values).summary()
+        collector.values.clear()
     if outcome in ("exited", "timeout"):
         result["worker_log_tail"] = [line for w in group for line in w.log_tail()]
     if keep_data:
@@ -911,6 +930,15 @@ def _du(path: Path) -> int:
 # --- report ------------------------------------------------------------------------------------
 
 
+def arrival_order_cell(check: dict[str, Any]) -> str:
+    """`exact` when every event the offline pipeline computes in the worker's arrival order came
+    out, byte for byte, and nothing else did (bench/arrival_order.py)."""
+    verdict = "exact" if check["exact"] else "NOT EXACT"
+    return (f"{verdict}: {check['missing']} missing, {check['extra']} extra, "
+            f"{check['differing']} differing of {check['expected']:,}; "
+            f"{check['duplicates']} identical duplicates")
+
+
 def table(r: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     b, w = r.get("baseline"), r.get("worker")
@@ -921,6 +949,8 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("worker events/s out", f"{w['events_per_s'] or 0:,}"))
         rows.append(("worker events out / expected",
                      f"{w['events_out']:,} / {w['expected_events']:,} ({w['outcome']})"))
+        if "arrival_order" in w:
+            rows.append(("worker events vs its arrival order", arrival_order_cell(w["arrival_order"])))
         rows.append(("worker peak RSS, MB", f"{w['peak_rss_mb']}"))
     if b and w and w.get("msgs_per_s"):
         rows.append(("ratio worker / baseline", f"{w['msgs_per_s'] / b['msgs_per_s']:.1%}"))
@@ -929,6 +959,9 @@ def table(r: dict[str, Any]) -> str:
         ratio = f", {so['msgs_per_s'] / b['msgs_per_s']:.1%} of baseline" if b and so["msgs_per_s"] else ""
         rows.append((f"{so['workers']} worker processes, msgs/s in",
                      f"{so['msgs_per_s'] or 0:,} ({so['outcome']}{ratio})"))
+        if "arrival_order" in so:
+            rows.append((f"{so['workers']} worker processes, events vs their arrival order",
+                         arrival_order_cell(so["arrival_order"])))
     for tag, lat in r.get("latency", {}).items():
         if "e2e_ms" in lat:
             e = lat["e2e_ms"]
@@ -1083,7 +1116,8 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
         r["baseline"] = await phase_baseline(bs, msgs)
         log(f"baseline: {r['baseline']['msgs_per_s']} msgs/s")
     if "worker" in phases:
-        res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir)
+        res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir,
+                                            verify=True)
         res["by_name_diff"] = {k: coll.by_name.get(k, 0) - v for k, v in by_name.items()
                                if coll.by_name.get(k, 0) != v}
         r["worker"] = res
@@ -1091,7 +1125,7 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
             f"({res['outcome']})")
     if "scaleout" in phases:
         res, _, _ = await run_saturation(bs, "bench-scaleout", msgs, expected, log_dir,
-                                         workers=args.workers)
+                                         workers=args.workers, verify=True)
         r["scaleout"] = res
         log(f"scaleout: {args.workers} workers, {res['msgs_per_s']} msgs/s in ({res['outcome']})")
     if "profile" in phases and PY_SPY:

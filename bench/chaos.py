@@ -1300,7 +1300,7 @@ async def _chaos(cfg: Config, workload: Workload, per_message: dict[str, list[li
     # did not miss any. It can: Tansu answers a tail fetch without a record that two workers'
     # producers raced for (README, "Tansu's defects"), and the comparison then uses the re-read.
     dead_topic = settings.dead_letter_topic
-    again = await _read_all(bootstrap, [*out_topics.values(), dead_topic])
+    again = await read_all(bootstrap, [*out_topics.values(), dead_topic])
     per_topic = Counter(r.topic for r in again)
     mine = {out_topics[s]: len(collector.records[s]) for s in STREAMS}
     mine[dead_topic] = len(collector.dead)
@@ -1320,7 +1320,7 @@ async def _chaos(cfg: Config, workload: Workload, per_message: dict[str, list[li
     return collector, settings, offsets
 
 
-async def _read_all(bootstrap: str, topics: list[str], idle_s: float = 2.0) -> list[Any]:
+async def read_all(bootstrap: str, topics: list[str], idle_s: float = 2.0) -> list[Any]:
     """Every record of `topics`, read from the start until nothing came for `idle_s`."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
@@ -1355,7 +1355,7 @@ async def trace(bootstrap: str, settings: Any, problems: list[dict[str, Any]]) -
                 f"{app}-task-results-by-flow-run"]
     changelogs = [f"{app}-{t}-changelog" for t in
                   ("artifact-memberships", "artifact-collections", "flow-run-lineage")]
-    records = await _read_all(bootstrap, internal + changelogs)
+    records = await read_all(bootstrap, internal + changelogs)
     wanted_sources = {(p["input_topic"], *p["input_raw"]) for p in problems if p["input_raw"]}
     wanted_keys: set[bytes] = set()
     for p in problems:

@@ -7,6 +7,7 @@ Streams' TopologyTestDriver: the same message sequence gives the same bytes eith
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -18,7 +19,7 @@ from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
 from streams.members import MemberSet
 from streams.membership import Membership
-from streams.messages import parse_artifact_op, parse_task_result
+from streams.messages import ArtifactOp, parse_artifact_op, parse_task_result
 
 DEFAULT_RETENTION_US = 7 * 86_400_000_000
 V = TypeVar("V")
@@ -46,22 +47,26 @@ class ArtifactPipeline:
             step = membership.apply(self.memberships.get(op.artifact_id), op, raw)
             events = list(step.events)
             if step.forward_to is not None:
-                key = step.forward_to
-                members = self.members.get(key) or MemberSet()
-                coll_step = collection.apply(
-                    self.collections.get(key), members, key, op, raw, self.versions.__getitem__
-                )
-                events.extend(coll_step.events)
-                if coll_step.changed:
-                    _put(self.collections, key, coll_step.collection)
-                    _put(self.members, key, members if coll_step.collection else None)
-                for artifact_id, version in coll_step.versions.items():
-                    _put(self.versions, artifact_id, version)
+                events.extend(self.collect(step.forward_to, op, raw))
         except Invalid as exc:
             return Outcome(dead_letter=exc.bare())
         if step.changed:
             _put(self.memberships, op.artifact_id, step.membership)
         return Outcome(events, unknown_delete=step.unknown_delete)
+
+    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Sequence[Event]:
+        """The collections step alone, for an operation the memberships step handed on to `key`.
+
+        Separate so that operations can be applied in the order the worker's collections step
+        read them, which across input partitions need not be the input's (bench/arrival_order.py)."""
+        members = self.members.get(key) or MemberSet()
+        step = collection.apply(self.collections.get(key), members, key, op, raw, self.versions.__getitem__)
+        if step.changed:
+            _put(self.collections, key, step.collection)
+            _put(self.members, key, members if step.collection else None)
+        for artifact_id, version in step.versions.items():
+            _put(self.versions, artifact_id, version)
+        return step.events
 
 
 @dataclass(slots=True)
