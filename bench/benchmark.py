@@ -9,8 +9,9 @@ Phases, all in one invocation so that ratios are meaningful on a shared 2-core b
 
 1. baseline   plain aiokafka consume → orjson.loads → trivial transform → orjson.dumps → produce
 2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
-              events/s out; expected event count from the offline `streams.pipeline`
-   scaleout   the same again with --workers processes in one group (one per core)
+              events/s out; expected event count from the offline `streams.pipeline`; then
+              every event checked against the worker's arrival order (`arrival_order`)
+   scaleout   the same again with --workers processes in one group (one per core), checked alike
 3. profile    the same again under py-spy (separate run: sampling overhead stays out of 2.)
 4. latency    end-to-end p50/p99 at a fixed rate (2,000 msgs/s) through every hop
 5. offline    `prefect-events process` over the same workload
