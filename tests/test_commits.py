@@ -340,33 +340,3 @@ def test_a_fetch_begun_during_a_seek_and_returned_after_it_hides_no_records() ->
     fetch(ledger, [743])
     assert take(ledger, [743]) == []
     assert ledger.rewinds() == {TP: 676}
-
-
-class TestLagging:
-    """Which partitions hold records at the broker beyond what was fetched (the intakes wait
-    briefly for them, so that a batch takes partitions in timestamp order)."""
-
-    def test_records_beyond_the_last_fetched_one_make_it_lagging(self) -> None:
-        ledger = ledger_at(0)
-        fetch(ledger, [0, 1, 2])
-        assert ledger.lagging([TP], {TP: 10}.get) == [TP]
-
-    def test_a_partition_fetched_to_its_end_is_not(self) -> None:
-        ledger = ledger_at(0)
-        fetch(ledger, [0, 1, 2])
-        assert ledger.lagging([TP], {TP: 3}.get) == []
-
-    def test_one_offset_past_the_last_record_is_a_transaction_marker_not_a_record(self) -> None:
-        ledger = ledger_at(0)
-        fetch(ledger, [0, 1, 2])
-        assert ledger.lagging([TP], {TP: 4}.get) == []
-
-    def test_before_any_fetch_the_committed_offset_counts(self) -> None:
-        ledger = ledger_at(5)
-        assert ledger.lagging([TP], {TP: 7}.get) == [TP]
-        assert ledger.lagging([TP], {TP: 6}.get) == []
-
-    def test_an_unknown_end_or_position_is_not_lagging(self) -> None:
-        assert ledger_at(None).lagging([TP], {TP: 10}.get) == []
-        assert ledger_at(0).lagging([TP], {}.get) == []
-        assert ledger_at(0).lagging([("other", 0)], {("other", 0): 10}.get) == []

@@ -203,10 +203,7 @@ class Worker:
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
 
         async def run() -> None:
-            s = self.settings
-            intake = self.consumer.intake(
-                name, topic.topics, INTAKE_BATCHES * s.batch_size, s.align_wait_ms / 1000
-            )
+            intake = self.consumer.intake(name, topic.topics, INTAKE_BATCHES * self.settings.batch_size)
             store = LocalStore(table)
             while True:
                 messages = await intake.take(self.settings.batch_size)

@@ -215,21 +215,6 @@ class CommitLedger(Generic[TP]):
                 out[tp] = p.expected
         return out
 
-    def lagging(self, tps: Iterable[TP], highwater: Callable[[TP], int | None]) -> list[TP]:
-        """Of `tps`, those known to hold records at the broker beyond what was fetched (the
-        intakes wait briefly for them, topology.intake). At least two: the last offset of a
-        partition written in transactions is a marker, which is never delivered."""
-        out = []
-        for tp in tps:
-            p = self.partitions.get(tp)
-            if p is None:
-                continue
-            following = p.delivered + 1 if p.delivered is not None else p.expected
-            end = highwater(tp)
-            if following is not None and end is not None and end - following >= 2:
-                out.append(tp)
-        return out
-
     def finish(self, tp: TP, offset: int) -> None:
         """The record's outputs and state are acknowledged by the broker."""
         p = self.partitions.get(tp)

@@ -62,13 +62,6 @@ class Settings:
     fetch_max_wait_ms: int = field(
         default=100, metadata={"help": "consumer fetch wait (Faust hard-codes 1500)"}
     )
-    align_wait_ms: int = field(
-        default=50,
-        metadata={
-            "help": "how long a step waits for an input partition known to hold records not yet "
-            "fetched, to take records across partitions in timestamp order; 0 = never wait"
-        },
-    )
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = field(
         default=1_000_000,
@@ -200,7 +193,6 @@ def validate(s: Settings) -> None:
         ("standby_replicas", 0, 10),
         ("batch_size", 1, 100_000),
         ("fetch_max_wait_ms", 0, 60_000),
-        ("align_wait_ms", 0, 60_000),
         ("producer_linger_ms", 0, 60_000),
         ("producer_max_batch_bytes", 1, 64 * 1024 * 1024),
         ("changelog_batch_records", 0, 1_000_000),

@@ -96,28 +96,12 @@ class WorkerConsumer(Consumer):
         self._read_offset = _NoReadOffsets()
         self.intakes: dict[str, Intake] = {}  # topic → the step that takes its records in bulk
 
-    def intake(
-        self, name: str, topics: Iterable[str], max_records: int, align_wait_s: float = 0.0
-    ) -> Intake:
+    def intake(self, name: str, topics: Iterable[str], max_records: int) -> Intake:
         """The intake of a step reading `topics`: their records skip Faust's per-event path."""
-        names = frozenset(topics)
-
-        def lagging() -> list[TP]:
-            ledger = self.ledger
-            return ledger.lagging([tp for tp in ledger.partitions if tp.topic in names], self._highwater)
-
-        intake = Intake(name, max_records, lagging, align_wait_s)
-        for topic in names:
+        intake = Intake(name, max_records)
+        for topic in topics:
             self.intakes[topic] = intake
         return intake
-
-    def _highwater(self, tp: TP) -> int | None:
-        """The partition's end as of the consumer's last fetch of it (None: not known yet)."""
-        try:
-            end = self.highwater(tp)
-        except Exception:  # the consumer is not started, or the partition is not assigned
-            return None
-        return end if isinstance(end, int) and end >= 0 else None
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop, handing intake topics' records over once per fetch.
@@ -328,11 +312,7 @@ class WorkerConsumer(Consumer):
         lines = [f"consumer: flow {'on' if self.flow_active else 'OFF'}"]
         for intake in sorted(set(self.intakes.values()), key=lambda i: i.name):
             flight = ", batch in flight" if intake.in_flight else ""
-            waits = (
-                f", held back {intake.waits} times for a lagging partition"
-                f" ({intake.waits_given_up} went ahead without it)"
-            )
-            lines.append(f"  intake {intake.name}: {len(intake)} records queued{flight}{waits}")
+            lines.append(f"  intake {intake.name}: {len(intake)} records queued{flight}")
         for tp in sorted(self.assignment()):
             if not self.app.topics.acks_enabled_for(tp.topic):
                 continue
