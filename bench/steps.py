@@ -87,10 +87,17 @@ def touch_us(messages: int, keys: int, python_gc: bool, rounds: int = 5) -> floa
         driver.produce(t.raw_artifacts, m.value, m.key)
     driver.run()
     memberships, collections = driver.tables["memberships"], driver.tables["collections"]
+
+    def load_membership(key: bytes, _partition: int) -> bytes | None:
+        return memberships.get(key)
+
+    def load_collection(key: bytes, _partition: int) -> bytes | None:
+        return collections.get(key)
+
     probes: list[steps.InRecord] = []
     for i, m in enumerate(work[messages:], start=10**9):  # after every offset the state marks
         record = steps.InRecord(t.raw_artifacts, partition_for(m.key, 4), i, m.key, m.value)
-        result = steps.apply_memberships(t, [record], lambda key, _p: memberships.get(key))
+        result = steps.apply_memberships(t, [record], load_membership)
         for out in result.outputs:
             if out.topic == t.artifacts_by_key:
                 assert out.key is not None
@@ -98,7 +105,7 @@ def touch_us(messages: int, keys: int, python_gc: bool, rounds: int = 5) -> floa
                                              out.key, out.value, tuple(out.headers)))
     assert len(probes) == TOUCH_PROBES, len(probes)
     for record in probes:  # each a create the step applies, not a replay it skips
-        result = steps.apply_collections(t, [record], lambda key, _p: collections.get(key))
+        result = steps.apply_collections(t, [record], load_collection)
         assert not result.replays_skipped and result.writes, result
     gc.freeze()  # the state built above is not what a touch costs
     if not python_gc:
@@ -108,7 +115,7 @@ def touch_us(messages: int, keys: int, python_gc: bool, rounds: int = 5) -> floa
     for _ in range(rounds):
         started = time.perf_counter()
         for record in probes:
-            steps.apply_collections(t, [record], lambda key, _p: collections.get(key))
+            steps.apply_collections(t, [record], load_collection)
         best = min(best, time.perf_counter() - started)
     gc.unfreeze()
     return best / len(probes) * 1e6
