@@ -109,3 +109,18 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     failed = config.stash.get(_DOCKER_FAILED, None)
     if failed:
         terminalreporter.write_line(f"kafka broker: Docker was available but failed: {failed}")
+    terminalreporter.write_line(_golden_summary())
+
+
+def _golden_summary() -> str:
+    """Where the golden cases came from, or how many tests skipped for want of them: a clone
+    that does not sit beside shared/ would otherwise pass with its golden checks quietly gone."""
+    from tests.spec_helpers import GOLDEN_DIR, golden_cases
+
+    cases = golden_cases()
+    if cases:
+        return f"golden cases: {len(cases)} at {GOLDEN_DIR}"
+    return (
+        f"golden cases: none at {GOLDEN_DIR}, so the tests that use them were skipped "
+        "(set PREFECT_EVENTS_GOLDEN_DIR to shared/golden)"
+    )

@@ -3,7 +3,7 @@
 Builders return plain dicts in SPEC §2 form with sensible defaults; every field can be overridden
 (`None` included) and `drop=(...)` removes fields to test missing ones. `run_artifacts` /
 `run_assets` push messages through a fresh (or given) pipeline and return the events as parsed
-dicts. The golden normaliser is /work/shared/golden/compare.py itself, loaded from beside the repo.
+dicts. The golden normaliser is shared/golden/compare.py itself (GOLDEN_DIR).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import datetime as dt
 import gc
 import importlib.util
 import json
+import os
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +25,15 @@ import pytest
 from streams.envelope import Event
 from streams.pipeline import ArtifactPipeline, AssetPipeline, Outcome
 
-GOLDEN_DIR = Path(__file__).resolve().parents[2] / "shared" / "golden"
+# shared/golden beside the repository, unless PREFECT_EVENTS_GOLDEN_DIR says where it is: a clone
+# elsewhere skips the tests that use it, and the run's summary says so (tests/conftest.py).
+GOLDEN_DIR = Path(
+    os.environ.get("PREFECT_EVENTS_GOLDEN_DIR")
+    or Path(__file__).resolve().parents[2] / "shared" / "golden"
+).resolve()
+needs_golden = pytest.mark.skipif(
+    not GOLDEN_DIR.is_dir(), reason=f"golden cases not found at {GOLDEN_DIR}"
+)
 
 ENVELOPE_KEYS = ["occurred", "event", "resource", "related", "payload", "id", "follows"]
 MAX_EVENT_BYTES = 1_500_000
@@ -380,7 +389,7 @@ def _ours(item: Any) -> str | None:
 
 
 def load_compare() -> ModuleType | None:
-    """/work/shared/golden/compare.py, located beside the repo (None when not there)."""
+    """GOLDEN_DIR/compare.py, the golden normaliser (None when not there)."""
     path = GOLDEN_DIR / "compare.py"
     if not path.is_file():
         return None
@@ -391,15 +400,23 @@ def load_compare() -> ModuleType | None:
     return module
 
 
-def golden_cases() -> list[str]:
+def golden_cases(stream: str | None = None) -> list[str]:
+    """The golden cases' names, all or those of one stream ("artifacts": inputs with an `op`)."""
     if not GOLDEN_DIR.is_dir():
         return []
-    return sorted(p.name for p in GOLDEN_DIR.iterdir() if (p / "expected.jsonl").is_file())
+    cases = []
+    for case in sorted(GOLDEN_DIR.iterdir()):
+        if not (case / "expected.jsonl").is_file() or not (case / "input.jsonl").is_file():
+            continue
+        first = (case / "input.jsonl").read_bytes().split(b"\n", 1)[0]
+        if stream is None or (b'"op"' in first) == (stream == "artifacts"):
+            cases.append(case.name)
+    return cases
 
 
 def require_golden() -> None:
     if not (GOLDEN_DIR / "compare.py").is_file():
-        pytest.skip(f"golden cases not found at {GOLDEN_DIR} (shared/ must sit beside the repo)")
+        pytest.skip(f"golden cases not found at {GOLDEN_DIR}")
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

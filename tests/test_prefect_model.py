@@ -8,15 +8,12 @@ pinned Prefect's `.venv-prefect` (tests/prefect_validate.py).
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import orjson
 
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from tests import spec_helpers as h
 from tests.prefect_validate import validate_events
-
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
 
 
 def variety_of_artifact_messages() -> list[dict[str, object]]:
@@ -56,12 +53,9 @@ def variety_of_task_results() -> list[dict[str, object]]:
 
 def _events() -> list[dict[str, object]]:
     raws: list[tuple[str, bytes]] = []
-    if GOLDEN.is_dir():
-        for case in sorted(GOLDEN.iterdir()):
-            if (case / "input.jsonl").is_file():
-                lines = (case / "input.jsonl").read_bytes().splitlines()
-                stream = "artifacts" if b'"op"' in lines[0] else "assets"
-                raws.extend((stream, line) for line in lines)
+    for stream in ("artifacts", "assets"):
+        for case in h.golden_cases(stream):
+            raws.extend((stream, line) for line in h.golden_lines(case, "input.jsonl"))
     raws.extend(("artifacts", orjson.dumps(m)) for m in variety_of_artifact_messages())
     raws.extend(("assets", orjson.dumps(m)) for m in variety_of_task_results())
     artifacts, assets = ArtifactPipeline(), AssetPipeline()

@@ -4,19 +4,19 @@ producer keyed its records, give exactly the events of the offline pipeline."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from streams.messages import parse_artifact_op
 from streams.pipeline import ArtifactPipeline, AssetPipeline
+from tests import spec_helpers as h
 from tests.topology_driver import Driver, topics
 from topology import steps
 from topology.records import Source
 from topology.steps import InRecord, UnknownDelete, in_event_time_order
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
-CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.jsonl").is_file()) if GOLDEN.is_dir() else []
+GOLDEN = h.GOLDEN_DIR
+CASES = h.golden_cases()
 
 
 def _key(line: bytes, stream: str, how: str) -> bytes | None:
@@ -28,7 +28,7 @@ def _key(line: bytes, stream: str, how: str) -> bytes | None:
     return str(message.get("artifact_id") or message["artifact"]["id"]).encode()
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+@h.needs_golden
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize(
     ("how", "raw_partitions"),

@@ -21,25 +21,15 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from tests import spec_helpers as h
 from topology.admin import ensure_topics
 from topology.app import TopicNames
 from topology.config import Settings, as_environ, load, namespaced
 
 pytestmark = pytest.mark.broker
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = h.GOLDEN_DIR
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def golden_cases(stream: str) -> list[str]:
-    if not GOLDEN.is_dir():
-        return []
-    cases = []
-    for case in sorted(GOLDEN.iterdir()):
-        first = (case / "input.jsonl").read_text().splitlines()[0] if case.is_dir() else ""
-        if ('"op"' in first) == (stream == "artifacts") and first:
-            cases.append(case.name)
-    return cases
 
 
 @dataclass
@@ -187,8 +177,8 @@ def offline(stream: str, input_path: Path) -> list[bytes]:
     return out.stdout.splitlines()
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
-@pytest.mark.parametrize("case", golden_cases("artifacts"))
+@h.needs_golden
+@pytest.mark.parametrize("case", h.golden_cases("artifacts"))
 def test_artifact_golden_case_end_to_end(
     case: str, start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
 ) -> None:
@@ -210,8 +200,8 @@ def test_artifact_golden_case_end_to_end(
         assert headers["prefect-event"] == event["event"].encode()
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
-@pytest.mark.parametrize("case", golden_cases("assets"))
+@h.needs_golden
+@pytest.mark.parametrize("case", h.golden_cases("assets"))
 def test_asset_golden_case_end_to_end(
     case: str, start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
 ) -> None:
@@ -300,7 +290,7 @@ async def _supports_transactions(bootstrap: str) -> str | None:
     return None
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+@h.needs_golden
 def test_exactly_once_where_the_broker_has_transactions(
     start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
 ) -> None:
@@ -336,7 +326,7 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+@h.needs_golden
 def test_metrics_count_a_known_input(start_worker: StartWorker, bootstrap_servers: str) -> None:
     port = _free_port()
     worker = start_worker(1, 1, metrics_port=str(port), metrics_host="127.0.0.1")
@@ -418,7 +408,7 @@ def test_sigusr2_does_not_stop_the_worker(start_worker: StartWorker, bootstrap_s
     assert "SIGUSR2 ignored" in worker.log.read_text()
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared/golden not found beside the repo")
+@h.needs_golden
 def test_state_survives_a_restart(start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path) -> None:
     """A7's creates before a restart, its deletes and re-create after: the collections, rebuilt
     from the changelog by the new worker process, give exactly the expected events."""
