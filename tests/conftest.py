@@ -113,8 +113,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
 
 
 def _golden_summary() -> str:
-    """Where the golden cases came from, or how many tests skipped for want of them: a clone
-    that does not sit beside shared/ would otherwise pass with its golden checks quietly gone."""
+    """Where the golden cases came from, or that there were none: a clone that does not sit
+    beside shared/ would otherwise pass with its golden checks quietly gone."""
     from tests.spec_helpers import GOLDEN_DIR, golden_cases
 
     cases = golden_cases()
