@@ -9,8 +9,9 @@ Phases, all in one invocation so that ratios are meaningful on a shared 2-core b
 
 1. baseline   plain aiokafka consume → orjson.loads → trivial transform → orjson.dumps → produce
 2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
-              events/s out; expected event count from the offline `streams.pipeline`; then
-              every event checked against the worker's arrival order (`arrival_order`)
+              events/s out; expected event count from the offline `streams.pipeline`; every
+              event checked against the worker's arrival order (`arrival_order`) once the
+              timed phases are over
    scaleout   the same again with --workers processes in one group (one per core), checked alike
 3. profile    the same again under py-spy (separate run: sampling overhead stays out of 2.)
 4. latency    end-to-end p50/p99 at a fixed rate (2,000 msgs/s) through every hop
@@ -169,9 +170,12 @@ class Names:
                 wl.TASK_RESULTS: f"{self.prefix}.raw.asset-task-results"}
 
     @property
+    def events(self) -> list[str]:
+        return [f"{self.prefix}.events.artifacts", f"{self.prefix}.events.assets"]
+
+    @property
     def outputs(self) -> list[str]:
-        return [f"{self.prefix}.events.artifacts", f"{self.prefix}.events.assets",
-                f"{self.prefix}.raw.dead-letters"]
+        return [*self.events, f"{self.prefix}.raw.dead-letters"]
 
     @property
     def handed_on(self) -> str:
@@ -224,15 +228,12 @@ class Collector:
     """Consumes output topics from the beginning and counts what arrives (and when)."""
 
     def __init__(self, bs: str, topics: list[str], *, parse_occurred: bool = False,
-                 keep_timestamps: bool = False, keep_values: bool = False,
-                 fetch_wait_ms: int | None = None) -> None:
+                 keep_timestamps: bool = False, fetch_wait_ms: int | None = None) -> None:
         self.bs, self.topics = bs, topics
         # Like the worker's (see FETCH_WAIT_MS): shorter starves on Tansu's many-batch partitions.
         self.fetch_wait_ms = FETCH_WAIT_MS if fetch_wait_ms is None else fetch_wait_ms
         self.parse_occurred = parse_occurred
         self.keep_timestamps = keep_timestamps
-        self.keep_values = keep_values
-        self.values: list[bytes] = []  # the events, with keep_values
         self.count = 0
         self.by_name: collections.Counter[str] = collections.Counter()
         self.dead_letters = 0
@@ -278,8 +279,6 @@ class Collector:
                         self.max_ts = r.timestamp
                     if self.keep_timestamps:
                         self.timestamps.append(r.timestamp)
-                    if self.keep_values:
-                        self.values.append(r.value)
                     if self.parse_occurred:
                         occurred = orjson.loads(r.value)["occurred"]
                         self.arrivals.append((occurred, now, r.timestamp, name))
@@ -492,15 +491,14 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
                          log_dir: Path, *, store: str = "rocksdb://",
                          profile_s: float | None = None, keep_timestamps: bool = False,
                          timeout_s: float = 1800, keep_data: bool = False, workers: int = 1,
-                         verify: bool = False) -> tuple[dict[str, Any], Path, Collector]:
-    """The worker (or `workers` of them, one consumer group) draining `msgs` pre-produced;
-    with `verify`, its events checked one by one against its arrival order (`arrival_order`)."""
+                         ) -> tuple[dict[str, Any], Path, Collector]:
+    """The worker (or `workers` of them, one consumer group) draining `msgs` pre-produced."""
     assert workers == 1 or not (keep_data or profile_s), "state and profile: one worker only"
     names = Names(prefix)
     await create_topics(bs, [*names.raw.values(), *names.outputs])
     log(f"{prefix}: pre-producing {len(msgs)} messages")
     produce_rate = await produce_all(bs, names, msgs)
-    collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps, keep_values=verify)
+    collector = Collector(bs, names.outputs, keep_timestamps=keep_timestamps)
     await collector.start()
     data_dirs = [Path(tempfile.mkdtemp(prefix=f"{prefix}-data-")) for _ in range(workers)]
     group = [WorkerProc(bs, names, store, d, log_dir, prefix if workers == 1 else f"{prefix}-{i}")
@@ -564,12 +562,6 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
         "preproduce_msgs_per_s": round(produce_rate),
         "worker_exit_code": codes[0] if workers == 1 else codes,
     })
-    if verify:
-        handed_on = [arrival_order.HandedOn(r.partition, r.offset, r.key, r.value, r.headers)
-                     for r in await read_all(bs, [names.handed_on])]
-        expected_here = arrival_order.expected_events(msgs, handed_on)
-        result["arrival_order"] = arrival_order.compare(expected_here, collector.values).summary()
-        collector.values.clear()
     if outcome in ("exited", "timeout"):
         result["worker_log_tail"] = [line for w in group for line in w.log_tail()]
     if keep_data:
@@ -579,6 +571,18 @@ async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int
     if profile_s is not None:
         result["profile_file"] = str(profile_path)
     return result, profile_path, collector
+
+
+async def check_arrival_order(bs: str, prefix: str, msgs: list[wl.Msg]) -> dict[str, Any]:
+    """A saturation run's events, read back, checked one by one against what the offline pipeline
+    gives in the order the run's collections step read (`arrival_order`). Called once every timed
+    phase is over: run between two of them, it slowed the next (bench/NOTES.md, "Scaleout")."""
+    names = Names(prefix)
+    handed_on = [arrival_order.HandedOn(r.partition, r.offset, r.key, r.value, r.headers)
+                 for r in await read_all(bs, [names.handed_on])]
+    expected = arrival_order.expected_events(msgs, handed_on)
+    emitted = (r.value for r in await read_all(bs, names.events))
+    return arrival_order.compare(expected, emitted).summary()
 
 
 def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
@@ -1117,8 +1121,7 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
         r["baseline"] = await phase_baseline(bs, msgs)
         log(f"baseline: {r['baseline']['msgs_per_s']} msgs/s")
     if "worker" in phases:
-        res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir,
-                                            verify=True)
+        res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir)
         res["by_name_diff"] = {k: coll.by_name.get(k, 0) - v for k, v in by_name.items()
                                if coll.by_name.get(k, 0) != v}
         r["worker"] = res
@@ -1126,7 +1129,7 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
             f"({res['outcome']})")
     if "scaleout" in phases:
         res, _, _ = await run_saturation(bs, "bench-scaleout", msgs, expected, log_dir,
-                                         workers=args.workers, verify=True)
+                                         workers=args.workers)
         r["scaleout"] = res
         log(f"scaleout: {args.workers} workers, {res['msgs_per_s']} msgs/s in ({res['outcome']})")
     if "profile" in phases and PY_SPY:
@@ -1164,6 +1167,10 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
     if "offline" in phases:
         r["offline"] = phase_offline(msgs)
         log(f"offline: {r['offline']['msgs_per_s']} msgs/s")
+    for phase, prefix in (("worker", "bench-worker"), ("scaleout", "bench-scaleout")):
+        if phase in r:
+            r[phase]["arrival_order"] = await check_arrival_order(bs, prefix, msgs)
+            log(f"{phase}: events vs arrival order: {arrival_order_cell(r[phase]['arrival_order'])}")
     del msgs, work
     if "state" in phases:
         bs_state, broker = bs, None
