@@ -13,7 +13,7 @@ for event and byte for byte.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import orjson
@@ -22,15 +22,15 @@ import workload as wl
 from streams.envelope import Event
 from streams.errors import Invalid
 from streams.messages import ArtifactOp, parse_artifact_op
-from streams.pipeline import ArtifactPipeline, AssetPipeline
+from streams.pipeline import ArtifactPipeline, AssetPipeline, Outcome
 from topology.records import Headers, via_from_headers
 
 
 class _Memberships(ArtifactPipeline):
     """The memberships step alone: what it hands on is applied in the worker's order instead."""
 
-    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Sequence[Event]:
-        return ()
+    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Outcome:
+        return Outcome()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ def expected_events(inputs: Iterable[wl.Msg], handed_on: Iterable[HandedOn]) -> 
             continue
         seen.add(identity)
         try:
-            events.extend(collections.collect(r.key.decode(), parse_artifact_op(r.value), r.value))
+            events.extend(collections.collect(r.key.decode(), parse_artifact_op(r.value), r.value).events)
         except Invalid:
             continue  # the worker dead-letters it
     return {event_id(e.value): e.value for e in events}

@@ -50,6 +50,7 @@ class CollectionStep:
     changed: bool = False
     events: list[Event] = field(default_factory=list)
     versions: dict[str, Version | None] = field(default_factory=dict)  # written; None = forgotten
+    unknown_delete: bool = False  # a delete of an artifact that is not a member (deleted already)
 
 
 def apply(
@@ -121,7 +122,7 @@ def _delete(
     version_of: VersionOf,
 ) -> CollectionStep:
     if current is None or op.artifact_id not in members:
-        return CollectionStep(current)
+        return CollectionStep(current, unknown_delete=True)
     forgotten: dict[str, Version | None] = {op.artifact_id: None}
     if op.artifact_id != current.latest:
         members.remove(op.artifact_id)

@@ -21,7 +21,13 @@ from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, Artifac
 class Membership:
     """What is known of one artifact id: its collection key (None: unkeyed) and, once deleted,
     when (a tombstone, so that a replayed create cannot bring the artifact back; kept for the
-    retention, then forgotten)."""
+    retention, then forgotten).
+
+    For a keyed artifact the tombstone says a delete was handed on, not that it took: the
+    collections step may still dead-letter it (its collection event over a limit, SPEC §6), and
+    then the artifact lives on there. So updates and deletes of a keyed artifact are handed on
+    whether or not it has a tombstone, and the collections step, which knows its members, decides
+    (an artifact it does not hold is an unknown delete there)."""
 
     key: str | None
     deleted_us: int | None = None
@@ -70,13 +76,14 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
             step.membership, step.changed, step.forward_to = Membership(key), True, key
     elif isinstance(op, ArtifactUpdate):
         step.events.append(artifacts.updated_event(op, content))
-        if current is not None and current.key is not None and not current.deleted:
+        if current is not None and current.key is not None:
             step.forward_to = current.key
     elif isinstance(op, ArtifactDelete):
-        if current is None or current.deleted:
+        if current is None or (current.deleted and current.key is None):
             step.unknown_delete = True
         else:
-            step.membership, step.changed = Membership(current.key, op.occurred_us), True
+            if not current.deleted:
+                step.membership, step.changed = Membership(current.key, op.occurred_us), True
             step.forward_to = current.key
     return step
 

@@ -7,7 +7,6 @@ Streams' TopologyTestDriver: the same message sequence gives the same bytes eith
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -45,17 +44,20 @@ class ArtifactPipeline:
         try:
             op = parse_artifact_op(raw)
             step = membership.apply(self.memberships.get(op.artifact_id), op, raw)
-            events = list(step.events)
+            outcome = Outcome(list(step.events), unknown_delete=step.unknown_delete)
             if step.forward_to is not None:
-                events.extend(self.collect(step.forward_to, op, raw))
+                collected = self.collect(step.forward_to, op, raw)
+                outcome.events.extend(collected.events)
+                outcome.unknown_delete = collected.unknown_delete
         except Invalid as exc:
             return Outcome(dead_letter=exc.bare())
         if step.changed:
             _put(self.memberships, op.artifact_id, step.membership)
-        return Outcome(events, unknown_delete=step.unknown_delete)
+        return outcome
 
-    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Sequence[Event]:
+    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Outcome:
         """The collections step alone, for an operation the memberships step handed on to `key`.
+        Raises Invalid (nothing changes then).
 
         Separate so that operations can be applied in the order the worker's collections step
         read them, which across input partitions need not be the input's (bench/arrival_order.py)."""
@@ -66,7 +68,7 @@ class ArtifactPipeline:
             _put(self.members, key, members if step.collection else None)
         for artifact_id, version in step.versions.items():
             _put(self.versions, artifact_id, version)
-        return step.events
+        return Outcome(step.events, unknown_delete=step.unknown_delete)
 
 
 @dataclass(slots=True)

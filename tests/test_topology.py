@@ -162,3 +162,80 @@ def test_a_delete_without_membership_is_reported_with_its_source_and_id() -> Non
         UnknownDelete(Source(t.raw_artifacts, 0, 3), known.encode(), deleted_already=True),
     ]
     assert [out.topic for out in result.outputs] == [t.artifact_events]  # its created event only
+
+
+def _half_limit_updates_then_deletes() -> list[dict[str, object]]:
+    """Each PATCH fits in its `artifact.updated` event; together they make the latest's collection
+    event too large, so the first delete is a dead letter (SPEC §6) and the artifact lives on."""
+    from tests import spec_helpers as h
+
+    big = "x" * 800_000
+    v1 = h.uid(1)
+    return [
+        h.create(v1, "report", 0.0),
+        h.update(v1, {"description": big}, 1.0),
+        h.update(v1, {"data": big}, 2.0),
+        h.delete(v1, 3.0),
+        h.update(v1, {"data": "small", "description": "small"}, 4.0),
+        h.delete(v1, 5.0),
+    ]
+
+
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_a_dead_lettered_delete_leaves_the_artifact_in_its_collection(partitions: int) -> None:
+    """All or nothing across the two steps: the memberships step has already recorded the delete
+    when the collections step refuses it, yet the later PATCH and delete still reach the
+    collection, which emits what the offline pipeline emits."""
+    from tests import spec_helpers as h
+
+    messages = _half_limit_updates_then_deletes()
+    offline = h.outcomes(ArtifactPipeline(), messages)
+    assert [o.dead_letter.code if o.dead_letter else None for o in offline] == [
+        None, None, None, "event_too_large", None, None,
+    ]
+    driver = Driver(topics(partitions=partitions, raw_partitions=partitions))
+    for m in messages:
+        driver.produce(driver.topics.raw_artifacts, h.encode(m), key=h.uid(1).encode())
+        driver.run()
+    emitted = driver.events(driver.topics.artifact_events)
+    assert sorted(emitted) == sorted(e.value for o in offline for e in o.events)
+    assert [dict(r.headers)["prefect-dead-letter-code"] for r in _dead_letters(driver)] == [
+        b"event_too_large"
+    ]
+    last = json.loads(offline[-1].events[-1].value)
+    assert (last["event"], last["payload"]["data"], last["payload"]["description"]) == (
+        "prefect.artifact-collection.deleted", "small", "small",
+    )
+
+
+def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collection() -> None:
+    """Handed on despite the tombstone (the collections step decides, see streams.membership), it
+    is reported there with the artifact's id, and emits nothing."""
+    from tests import spec_helpers as h
+
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    v1 = h.uid(1)
+    for m in (h.create(v1, "report", 0.0), h.delete(v1, 1.0)):
+        driver.produce(t.raw_artifacts, h.encode(m), key=v1.encode())
+    driver.run()
+    before = list(driver.events(t.artifact_events))
+    again = h.encode(h.delete(v1, 2.0))
+    memberships = steps.apply_memberships(t, [InRecord(t.raw_artifacts, 0, 2, v1.encode(), again)],
+                                          lambda key, _p: driver.tables["memberships"].get(key))
+    assert memberships.unknown_deletes == [] and memberships.emitted == {}
+    [handed_on] = [o for o in memberships.outputs if o.topic == t.artifacts_by_key]
+    collections = steps.apply_collections(
+        t, [InRecord(t.artifacts_by_key, 0, 9, handed_on.key, handed_on.value, tuple(handed_on.headers))],
+        lambda key, _p: driver.tables["collections"].get(key),
+    )
+    assert collections.outputs == [] and collections.writes == {}
+    assert collections.unknown_deletes == [
+        UnknownDelete(Source(t.raw_artifacts, 0, 2), v1.encode(), deleted_already=True)
+    ]
+    assert len(before) == 3  # collection created, artifact created, collection deleted
+
+
+def _dead_letters(driver: Driver) -> list[InRecord]:
+    return [r for (topic, _), log in sorted(driver.logs.items()) if topic == driver.topics.dead_letters
+            for r in log]

@@ -74,9 +74,10 @@ class Stamped:
 
 @dataclass(frozen=True, slots=True)
 class UnknownDelete:
-    """A delete of an artifact id without a live membership: nothing is emitted. The worker logs
-    each one; `deleted_already` is a replay or a second delete, while an id never seen whose create
-    is known to be in the input means the memberships step lacked state it should have had."""
+    """A delete of an artifact id without a live membership, or (collections step) of one its
+    collection does not hold: nothing is emitted. The worker logs each one; `deleted_already` is a
+    replay or a second delete, while an id never seen whose create is known to be in the input
+    means the memberships step lacked state it should have had."""
 
     source: Source
     artifact_id: bytes
@@ -268,7 +269,7 @@ def _apply_keyed(
         result.emit(events_topic, applied.events)
         if applied.unknown_delete:
             tombstone = entry is not None and entry.state is not None
-            result.unknown_deletes.append(UnknownDelete(source, key or b"", tombstone))
+            result.unknown_deletes.append(UnknownDelete(source, parsed.artifact_id.encode(), tombstone))
         if applied.forward is not None:
             result.outputs.append(applied.forward)
         # A message that changed state or handed an operation on is marked done: a re-read copy
@@ -418,7 +419,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             page = None if version is None else members.page_of(artifact_id)
             versions[artifact_id] = _VersionWrite(partition, version, page, since, before)
         state.collection = step.collection
-        return Applied(state, step.changed, step.events)
+        return Applied(state, step.changed, step.events, unknown_delete=step.unknown_delete)
 
     result = _apply_keyed(
         topics,
