@@ -66,7 +66,9 @@ def events(
     lineage = [related_entry(asset.key, "asset") for asset in upstream]
     if result.materialized_by:
         lineage.append(related_entry(result.materialized_by, "asset-materialized-by"))
-    related = append_unique(append_unique([], lineage), context)
+    # The lineage entries all stay, even when `materialized_by` names an upstream asset's key
+    # (another role; Prefect keeps both): only the run context skips ids already present.
+    related = append_unique(lineage, context)
     for item in downstream:
         out.append(
             envelope.build(

@@ -48,6 +48,8 @@ def variety_of_task_results() -> list[dict[str, object]]:
                       materialized_by="dbt"),
         h.task_result(c, [h.materialized("s3://b/z", {"err": "boom"})], many, [b], 2.0,
                       state="FAILED"),
+        h.task_result(h.uid(0x104), [h.materialized("s3://b/w")], [h.asset("s3://b/v")], [], 3.0,
+                      materialized_by="s3://b/v"),  # one id in two roles
     ]
 
 

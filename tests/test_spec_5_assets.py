@@ -186,6 +186,20 @@ def test_related_order_upstream_then_materialized_by_then_context():
     ]
 
 
+def test_materialized_by_naming_an_upstream_asset_keeps_both_entries():
+    """One entry per upstream asset, then the materialized-by one (§5): an id repeated in another
+    role stays, as Prefect's client keeps it; the run context still skips ids already present."""
+    m = h.task_result(C, downstream=[h.materialized("s3://y")],
+                      upstream=[h.asset("s3://m"), h.asset("prefect.tag.t")], materialized_by="s3://m",
+                      ctx=h.context(task_run=C, tags=["t"]))
+    *_, mat = run([m])
+    assert [(r["prefect.resource.id"], r["prefect.resource.role"]) for r in mat["related"]] == [
+        ("s3://m", "asset"), ("prefect.tag.t", "asset"), ("s3://m", "asset-materialized-by"),
+        ("prefect.flow-run." + h.FLOW_RUN, "flow-run"), ("prefect.task-run." + C, "task-run"),
+        ("prefect.flow." + h.FLOW, "flow"),
+    ]
+
+
 def test_payload_is_each_assets_own_metadata():
     meta = {"rows": 3, "nested": {"a": [1, None, "x"]}, "f": 1.5}
     m = h.task_result(C, downstream=[h.materialized("s3://y", meta), h.materialized("s3://z")])
