@@ -142,16 +142,29 @@ def decode(raw: bytes) -> dict[str, Json]:
         raise Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):
         raise Invalid("wrong_type", f"message must be a JSON object, got {type_name(value)}")
-    # Counting brackets is C-speed and bounds the depth from above: walk only when it could be over.
-    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _depth_over(value, MAX_DEPTH):
-        raise Invalid("too_deep", f"message nests objects/arrays deeper than {MAX_DEPTH} levels")
     return value
 
 
-#: orjson serializes at most 254 nested containers. A value sits no deeper in an event (event →
-#: payload → value) than in its message (message → artifact|changes → value), so a message within
-#: this depth always gives serializable events: checked here, before any state changes.
+#: orjson serializes at most 254 nested containers. Only the values a message carries into its
+#: events are held to it, at the depth they take there: `data` (event → payload → data, also the
+#: deepest it sits in a state record) and a materialization's `metadata` (event → payload).
+#: Fields the spec ignores may nest as deep as orjson reads (1024).
 MAX_DEPTH = 254
+_DATA_DEPTH = MAX_DEPTH - 2
+_METADATA_DEPTH = MAX_DEPTH - 1
+
+
+def _may_nest_too_deep(raw: bytes) -> bool:
+    """Counting brackets is C-speed and bounds any depth from above: walk only when it could be over."""
+    return raw.count(b"[") + raw.count(b"{") > _DATA_DEPTH
+
+
+def _check_depth(value: Json, where: str, limit: int) -> None:
+    if _depth_over(value, limit):
+        raise Invalid(
+            "too_deep",
+            f"{where} nests objects/arrays more than {limit} levels deep: its events could not be written",
+        )
 
 
 def _depth_over(value: Json, limit: int) -> bool:
@@ -173,13 +186,18 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
     op = _required(msg, "op", "")
     occurred = timestamps.parse(_required(msg, "occurred", ""), "occurred")
     if op == "create":
-        return ArtifactCreate(occurred, _context(msg), _artifact(_object(msg, "artifact", "")))
+        artifact = _artifact(_object(msg, "artifact", ""))
+        if _may_nest_too_deep(raw):
+            _check_depth(artifact.data, "artifact.data", _DATA_DEPTH)
+        return ArtifactCreate(occurred, _context(msg), artifact)
     if op == "update":
         changes = _object(msg, "changes", "")
         picked: dict[str, Json] = {}
         for name in UPDATABLE:
             if name in changes:
                 picked[name] = changes[name]
+        if "data" in picked and _may_nest_too_deep(raw):
+            _check_depth(picked["data"], "changes.data", _DATA_DEPTH)
         if "description" in picked:
             _check_optional_str(picked["description"], "changes.description")
         if "metadata_" in picked:
@@ -199,6 +217,9 @@ def parse_task_result(raw: bytes) -> TaskResult:
         Materialized(_asset(item, f"downstream_assets[{i}]"), _metadata(item, i))
         for i, item in enumerate(_list(msg, "downstream_assets", ""))
     )
+    if downstream and _may_nest_too_deep(raw):
+        for i, m in enumerate(downstream):
+            _check_depth(m.metadata, f"downstream_assets[{i}].metadata", _METADATA_DEPTH)
     upstream = tuple(
         _asset(item, f"upstream_assets[{i}]") for i, item in enumerate(_list(msg, "upstream_assets", ""))
     )

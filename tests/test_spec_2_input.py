@@ -228,6 +228,51 @@ def test_too_deep_nesting_is_rejected_up_front():
     assert h.names(_events([h.create(A, data=ok)]))[0] == "prefect.artifact-collection.created"
 
 
+TASK_RUN = h.uid(0x7B, "7a")
+
+
+def _nested(levels):
+    value: object = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_unknown_fields_are_ignored_however_deep_they_nest():
+    """Only what a message carries into its events must fit orjson's 254 levels; an extra field
+    nested deeper is ignored like any other (orjson reads up to 1024)."""
+    deep = _nested(600)
+    create = {**h.create(A, data="d"), "extra": deep}
+    create["artifact"]["also_extra"] = deep
+    assert h.names(_events([create])) == [
+        "prefect.artifact-collection.created", "prefect.artifact.created",
+    ]
+    update = h.update(A, {"description": "d", "unknown": deep})
+    assert h.names(_events([update])) == ["prefect.artifact.updated"]
+    result = {**h.task_result(TASK_RUN, downstream=[h.materialized("s3://y", {"m": 1})]), "extra": deep}
+    result["downstream_assets"][0]["extra"] = deep
+    assert h.names(_events([result], "assets")) == ["prefect.asset.materialization.succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("message", "stream", "where", "limit"),
+    [
+        (lambda d: h.update(A, {"data": d(253)}), "artifacts", "changes.data", 252),
+        (lambda d: h.task_result(TASK_RUN, downstream=[h.materialized("s3://y", {"m": d(253)})]), "assets",
+         "downstream_assets[0].metadata", 253),
+    ],
+    ids=["update-data", "materialization-metadata"],
+)
+def test_values_carried_into_events_are_held_to_orjsons_depth(message, stream, where, limit):
+    why = _rejected(message(_nested), stream)
+    assert (why.code, why.reason) == (
+        "too_deep",
+        f"{where} nests objects/arrays more than {limit} levels deep: its events could not be written",
+    )
+    fits = message(lambda levels: _nested(levels - 1))
+    assert _events([fits], stream), "one level less is accepted"
+
+
 def _without(message, *path):
     target = message
     for part in path[:-1]:
