@@ -61,6 +61,23 @@ def cli(
             ["process", "--stream", "artifacts", "/no/such/file"],
             "prefect-events: error: cannot read /no/such/file: No such file or directory",
         ),
+        (["config", "--broker-wait-s", "inf"], "prefect-events: error: broker_wait_s: inf is not a finite number"),
+        (
+            ["config", "--commit-interval-s=-inf"],
+            "prefect-events: error: commit_interval_s: -inf is not a finite number",
+        ),
+        (
+            ["config", "--session-timeout-s", "nan"],
+            "prefect-events: error: session_timeout_s: nan is not a finite number",
+        ),
+        (
+            ["config", "--lineage-retention-days", "1e300"],
+            "prefect-events: error: lineage_retention_days: 1e+300 is out of range (0, 36500]",
+        ),
+        (
+            ["config", "--broker-wait-s", "0"],
+            "prefect-events: error: broker_wait_s: 0.0 is out of range (0, 86400]",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -110,6 +127,20 @@ def test_environment_is_read_and_flags_win() -> None:
 def test_bad_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"^PREFECT_EVENTS_BATCH_SIZE: expected an integer, got 'lots'$"):
         config.load(environ={"PREFECT_EVENTS_BATCH_SIZE": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PREFECT_EVENTS_BROKER_WAIT_S", "inf", "broker_wait_s: inf is not a finite number"),
+        ("PREFECT_EVENTS_LINEAGE_RETENTION_DAYS", "nan", "lineage_retention_days: nan is not a finite number"),
+        ("PREFECT_EVENTS_COMMIT_INTERVAL_S", "3601", "commit_interval_s: 3601.0 is out of range (0, 3600]"),
+    ],
+)
+def test_non_finite_or_huge_durations_are_refused(variable: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        config.load(environ={variable: value})
+    assert str(raised.value) == message
 
 
 def test_process_reads_stdin_and_reports_dead_letters_by_line() -> None:

@@ -7,6 +7,7 @@ address, which follows the Kafka convention `KAFKA_BOOTSTRAP_SERVERS`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -204,14 +205,22 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if not low <= value <= high:
             raise ConfigError(f"{name}: {value} is out of range [{low}, {high}]")
-    if not s.lineage_retention_days > 0:
-        raise ConfigError(f"lineage_retention_days: {s.lineage_retention_days} must be > 0")
+    for f in fields(s):
+        value = getattr(s, f.name)
+        # inf and nan compare false to every bound below, and crash int(value * 1000) later.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name}: {value} is not a finite number")
+    # Upper bounds: far beyond any use, and small enough to stay an integer in micro/milliseconds.
+    for name, high in (
+        ("lineage_retention_days", 36_500),
+        ("broker_wait_s", 86_400),
+        ("commit_interval_s", 3_600),
+    ):
+        value = getattr(s, name)
+        if not 0 < value <= high:
+            raise ConfigError(f"{name}: {value} is out of range (0, {high}]")
     if not 0.5 <= s.session_timeout_s <= 1800:
         raise ConfigError(f"session_timeout_s: {s.session_timeout_s} is out of range [0.5, 1800]")
-    if not s.broker_wait_s > 0:
-        raise ConfigError(f"broker_wait_s: {s.broker_wait_s} must be > 0")
-    if not s.commit_interval_s > 0:
-        raise ConfigError(f"commit_interval_s: {s.commit_interval_s} must be > 0")
     if not _STORE.match(s.store):
         raise ConfigError(f"store: {s.store!r} must be memory:// or rocksdb://")
     if s.processing_guarantee not in GUARANTEES:
