@@ -61,7 +61,10 @@ def cli(
             ["process", "--stream", "artifacts", "/no/such/file"],
             "prefect-events: error: cannot read /no/such/file: No such file or directory",
         ),
-        (["config", "--broker-wait-s", "inf"], "prefect-events: error: broker_wait_s: inf is not a finite number"),
+        (
+            ["config", "--broker-wait-s", "inf"],
+            "prefect-events: error: broker_wait_s: inf is not a finite number",
+        ),
         (
             ["config", "--commit-interval-s=-inf"],
             "prefect-events: error: commit_interval_s: -inf is not a finite number",
@@ -73,6 +76,19 @@ def cli(
         (
             ["config", "--lineage-retention-days", "1e300"],
             "prefect-events: error: lineage_retention_days: 1e+300 is out of range (0, 36500]",
+        ),
+        (
+            ["config", "--bootstrap-servers", "127.0.0.1:99999"],
+            "prefect-events: error: bootstrap_servers: port 99999 of '127.0.0.1:99999' "
+            "is out of range [1, 65535]",
+        ),
+        (
+            ["config", "--bootstrap-servers", "k1:9092,k2:0"],
+            "prefect-events: error: bootstrap_servers: port 0 of 'k2:0' is out of range [1, 65535]",
+        ),
+        (
+            ["config", "--bootstrap-servers", "::1:9092"],
+            "prefect-events: error: bootstrap_servers: '::1:9092' is not a HOST:PORT[,HOST:PORT] list",
         ),
         (
             ["config", "--broker-wait-s", "0"],
@@ -124,6 +140,20 @@ def test_environment_is_read_and_flags_win() -> None:
     assert effective["store"] == "rocksdb://"  # production default
 
 
+def test_bootstrap_servers_are_stored_without_kafka_scheme_for_every_client() -> None:
+    """aiokafka takes `kafka://h:9092` as host `kafka`, Faust `kafka://kafka://h:9092` likewise."""
+    from faust.transport.drivers.aiokafka import server_list
+
+    from topology.app import Worker
+
+    result = cli("config", "--bootstrap-servers", " kafka://k1:9092, [::1]:9093,kafka://[fd00::2]:9094")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bootstrap_servers"] == "k1:9092,[::1]:9093,[fd00::2]:9094"
+    settings = config.load({"bootstrap_servers": "kafka://k1:9092,k2:9093", "store": "memory://"}, environ={})
+    assert settings.bootstrap_servers == "k1:9092,k2:9093"
+    assert server_list(Worker(settings).app.conf.broker, 9092) == ["k1:9092", "k2:9093"]
+
+
 def test_bad_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"^PREFECT_EVENTS_BATCH_SIZE: expected an integer, got 'lots'$"):
         config.load(environ={"PREFECT_EVENTS_BATCH_SIZE": "lots"})
@@ -133,7 +163,11 @@ def test_bad_environment_names_the_variable() -> None:
     ("variable", "value", "message"),
     [
         ("PREFECT_EVENTS_BROKER_WAIT_S", "inf", "broker_wait_s: inf is not a finite number"),
-        ("PREFECT_EVENTS_LINEAGE_RETENTION_DAYS", "nan", "lineage_retention_days: nan is not a finite number"),
+        (
+            "PREFECT_EVENTS_LINEAGE_RETENTION_DAYS",
+            "nan",
+            "lineage_retention_days: nan is not a finite number",
+        ),
         ("PREFECT_EVENTS_COMMIT_INTERVAL_S", "3601", "commit_interval_s: 3601.0 is out of range (0, 3600]"),
     ],
 )

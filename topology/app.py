@@ -99,7 +99,7 @@ class Worker:
         self.watermarks = {"flow runs": 0, "deleted artifacts": 0}
         self.app = faust.App(
             settings.app_id,
-            broker=f"kafka://{settings.bootstrap_servers}",
+            broker=settings.broker_url,
             store=settings.store,
             datadir=settings.data_dir,
             topic_partitions=settings.partitions,

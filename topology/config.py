@@ -23,6 +23,8 @@ GUARANTEES = ("at_least_once", "exactly_once")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# HOST:PORT, or [IPv6]:PORT as aiokafka (and Faust, through yarl) read it.
+_SERVER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:,/\[\]]+):(?P<port>[0-9]{1,5})")
 _STORE = re.compile(r"^(memory|rocksdb)://")
 
 
@@ -98,7 +100,15 @@ class Settings:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
+        # Checked here, and stored without `kafka://` and blanks: aiokafka takes it as it is,
+        # Faust as broker_url.
+        object.__setattr__(self, "bootstrap_servers", servers(self.bootstrap_servers))
         validate(self)
+
+    @property
+    def broker_url(self) -> str:
+        """The broker list as Faust takes it."""
+        return f"kafka://{self.bootstrap_servers}"
 
     @property
     def lineage_retention_us(self) -> int:
@@ -160,6 +170,19 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     return Settings(**values)
 
 
+def servers(value: str) -> str:
+    """A HOST:PORT[,HOST:PORT] list checked and normalised: no `kafka://` prefixes, no blanks."""
+    parts = [part.strip().removeprefix("kafka://") for part in value.split(",")]
+    for part in parts:
+        match = _SERVER.fullmatch(part)
+        if match is None:
+            raise ConfigError(f"bootstrap_servers: {value!r} is not a HOST:PORT[,HOST:PORT] list")
+        port = match["port"]
+        if not 1 <= int(port) <= 65_535:
+            raise ConfigError(f"bootstrap_servers: port {port} of {part!r} is out of range [1, 65535]")
+    return ",".join(parts)
+
+
 def validate(s: Settings) -> None:
     """Raise ConfigError with one line naming the bad setting."""
     for name in (
@@ -182,11 +205,6 @@ def validate(s: Settings) -> None:
     ]
     if len(set(topics)) != len(topics):
         raise ConfigError("topics: input, output and dead-letter topics must all be different")
-    if not s.bootstrap_servers.strip() or any(
-        not re.match(r"^[^\s:,]+:\d{1,5}$", part.strip().removeprefix("kafka://"))
-        for part in s.bootstrap_servers.split(",")
-    ):
-        raise ConfigError(f"bootstrap_servers: {s.bootstrap_servers!r} is not a HOST:PORT[,HOST:PORT] list")
     for name, low, high in (
         ("input_partitions", 1, 10_000),
         ("partitions", 1, 10_000),

@@ -252,10 +252,6 @@ def _parse(record: Any) -> tuple[_Item | None, str, str]:
     return _Item(record, event_id, name if isinstance(name, str) else "?"), "", ""
 
 
-def _bootstrap(settings: Settings) -> list[str]:
-    return [part.strip().removeprefix("kafka://") for part in settings.bootstrap_servers.split(",")]
-
-
 async def forward(
     settings: Settings,
     api_url: str,
@@ -285,7 +281,7 @@ async def forward(
     group = group_id or f"{settings.app_id}-forward"
     consumer = AIOKafkaConsumer(
         *topics,
-        bootstrap_servers=_bootstrap(settings),
+        bootstrap_servers=settings.bootstrap_servers,
         group_id=group,
         client_id=f"{settings.app_id}-forward",
         enable_auto_commit=False,
@@ -296,7 +292,7 @@ async def forward(
         **(consumer_config or {}),
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=_bootstrap(settings), client_id=f"{settings.app_id}-forward", acks="all"
+        bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.app_id}-forward", acks="all"
     )
     timeout = aiohttp.ClientTimeout(total=request_timeout)
     delivered = 0
