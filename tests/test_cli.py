@@ -78,6 +78,18 @@ def cli(
             "prefect-events: error: lineage_retention_days: 1e+300 is out of range (0, 36500]",
         ),
         (
+            ["config", "--dead-letter-topic", ".."],
+            "prefect-events: error: dead_letter_topic: '..' is not a valid Kafka topic name",
+        ),
+        (
+            ["config", "--artifacts-topic", "."],
+            "prefect-events: error: artifacts_topic: '.' is not a valid Kafka topic name",
+        ),
+        (
+            ["config", "--asset-events-topic", "events\n"],
+            "prefect-events: error: asset_events_topic: 'events\\n' is not a valid Kafka topic name",
+        ),
+        (
             ["config", "--bootstrap-servers", "127.0.0.1:99999"],
             "prefect-events: error: bootstrap_servers: port 99999 of '127.0.0.1:99999' "
             "is out of range [1, 65535]",

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 GUARANTEES = ("at_least_once", "exactly_once")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # HOST:PORT, or [IPv6]:PORT as aiokafka (and Faust, through yarl) read it.
 _SERVER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:,/\[\]]+):(?P<port>[0-9]{1,5})")
 _STORE = re.compile(r"^(memory|rocksdb)://")
@@ -82,7 +82,11 @@ class Settings:
     )
     commit_interval_s: float = 1.0
     session_timeout_s: float = field(
-        default=10.0, metadata={"help": "consumer group session timeout (Kafka allows 6..1800)"}
+        default=10.0,
+        metadata={
+            "help": "consumer group session timeout, 0.5..1800; Kafka's brokers accept 6..1800 by "
+            "default, the embedded broker less"
+        },
     )
     broker_wait_s: float = field(
         default=30.0, metadata={"help": "how long to wait for Kafka at start before giving up"}
@@ -194,7 +198,7 @@ def validate(s: Settings) -> None:
         "app_id",
     ):
         value = getattr(s, name)
-        if not _TOPIC.match(value):
+        if not _TOPIC.fullmatch(value) or value in (".", ".."):  # Kafka refuses "." and ".."
             raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
     topics = [
         s.artifacts_topic,
