@@ -78,6 +78,18 @@ def cli(
             "prefect-events: error: lineage_retention_days: 1e+300 is out of range (0, 36500]",
         ),
         (
+            ["process", "--stream", "assets", "--lineage-retention-days", "nan", "-"],
+            "prefect-events: error: lineage_retention_days: nan is not a finite number",
+        ),
+        (
+            ["process", "--stream", "assets", "--lineage-retention-days", "1e300", "-"],
+            "prefect-events: error: lineage_retention_days: 1e+300 is out of range (0, 36500]",
+        ),
+        (
+            ["process", "--stream", "assets", "--lineage-retention-days", "0", "-"],
+            "prefect-events: error: lineage_retention_days: 0.0 is out of range (0, 36500]",
+        ),
+        (
             ["config", "--dead-letter-topic", ".."],
             "prefect-events: error: dead_letter_topic: '..' is not a valid Kafka topic name",
         ),
@@ -211,6 +223,80 @@ def test_process_reads_stdin_and_reports_dead_letters_by_line() -> None:
     assert event["event"] == "prefect.artifact.updated"
     assert event["occurred"] == "2026-11-24T10:00:00.500000Z"
     assert event["payload"] == {}
+
+
+# A flow run's first three task results: the third inherits asset x from the first through the
+# second, 4.4 ms of event time later.
+THREE_TASK_RESULTS = b"\n".join(
+    (ROOT / "topology/demo_feed/task_results.jsonl").read_bytes().splitlines()[:3]
+)
+
+
+def _assets_events(result: subprocess.CompletedProcess[bytes]) -> list[tuple[str, str, list[str]]]:
+    assert (result.returncode, result.stderr) == (0, b"")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    return [
+        (
+            e["event"],
+            e["resource"]["prefect.resource.id"],
+            [r["prefect.resource.id"] for r in e["related"] if r["prefect.resource.role"] == "asset"],
+        )
+        for e in events
+    ]
+
+
+def test_process_takes_lineage_retention_from_the_environment_and_the_flag_wins() -> None:
+    kept = [
+        ("prefect.asset.materialization.succeeded", "s3://golden/s5/x", []),
+        ("prefect.asset.referenced", "s3://golden/s5/x", []),
+        ("prefect.asset.materialization.succeeded", "s3://golden/s5/y", ["s3://golden/s5/x"]),
+    ]
+    forgotten = [
+        ("prefect.asset.materialization.succeeded", "s3://golden/s5/x", []),
+        ("prefect.asset.materialization.succeeded", "s3://golden/s5/y", []),
+    ]
+    one_ms = {"PREFECT_EVENTS_LINEAGE_RETENTION_DAYS": str(0.001 / 86_400), "PATH": "/usr/bin:/bin"}
+    process = ["process", "--stream", "assets"]
+    assert _assets_events(cli(*process, "-", stdin=THREE_TASK_RESULTS)) == kept
+    assert _assets_events(cli(*process, "-", stdin=THREE_TASK_RESULTS, env=one_ms)) == forgotten
+    flag = ["--lineage-retention-days", "1"]
+    assert _assets_events(cli(*process, *flag, "-", stdin=THREE_TASK_RESULTS, env=one_ms)) == kept
+
+
+UPDATE = (
+    b'{"op": "update", "occurred": "2026-11-24T10:00:00.5+00:00", '
+    b'"artifact_id": "0b7c4a43-5a5e-4a53-9a0e-2f2b5f0c9a11", "changes": {}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("redirect", "message"),
+    [
+        (">&-", "prefect-events: error: cannot write the output: stdout is closed"),
+        ("<&-", "prefect-events: error: cannot read -: stdin is closed"),
+    ],
+)
+def test_process_started_with_stdout_or_stdin_closed_is_one_line(redirect: str, message: str) -> None:
+    script = f'exec "$0" -m topology.cli process --stream artifacts - {redirect}'
+    result = subprocess.run(["sh", "-c", script, sys.executable], capture_output=True, cwd=ROOT, timeout=60)
+    assert (result.returncode, result.stderr.decode()) == (2, message + "\n")
+
+
+def test_process_whose_reader_goes_away_is_one_line() -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", "process", "--stream", "artifacts", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert process.stdout is not None
+    process.stdout.close()  # like `| head` that has read enough
+    _, stderr = process.communicate(b"\n".join([UPDATE] * 20_000), timeout=60)
+    assert (process.returncode, stderr.decode()) == (
+        1,
+        "prefect-events: error: stdout was closed before all output was written\n",
+    )
 
 
 def test_the_readme_documents_every_setting() -> None:

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO
+from typing import IO, TextIO
 
 import orjson
 
@@ -64,7 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("process", help="process a JSONL file offline, print events as JSONL")
     p.add_argument("--stream", choices=("artifacts", "assets"), required=True)
-    p.add_argument("--lineage-retention-days", type=float, default=7.0)
+    p.add_argument(
+        "--lineage-retention-days",
+        default=None,
+        metavar="DAYS",
+        help="the setting lineage_retention_days [env PREFECT_EVENTS_LINEAGE_RETENTION_DAYS, default 7.0]",
+    )
     p.add_argument("file", help="JSONL input messages, or - for stdin")
 
     p = sub.add_parser("produce", parents=[settings], help="publish each line of a file")
@@ -109,14 +114,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """Offline: the same processing code over in-memory state, events to stdout, rejects to stderr."""
-    if args.lineage_retention_days <= 0:
-        raise UsageError("--lineage-retention-days must be > 0")
+    settings = config.load({"lineage_retention_days": args.lineage_retention_days})
     pipeline: ArtifactPipeline | AssetPipeline
     if args.stream == "artifacts":
         pipeline = ArtifactPipeline()
     else:
-        pipeline = AssetPipeline(retention_us=int(args.lineage_retention_days * 86_400_000_000))
-    out = sys.stdout.buffer
+        pipeline = AssetPipeline(retention_us=settings.lineage_retention_us)
+    out = _stdout().buffer
     with _open_input(args.file) as lines:
         for number, line in enumerate(lines, start=1):
             raw = line.rstrip(b"\r\n")
@@ -166,9 +170,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be >= 1")
-    asyncio.run(
-        tail(settings, args.topic, sys.stdout, args.from_beginning, args.max, args.timeout, args.meta)
-    )
+    out = _stdout()
+    asyncio.run(tail(settings, args.topic, out, args.from_beginning, args.max, args.timeout, args.meta))
     return 0
 
 
@@ -214,6 +217,8 @@ COMMANDS = {
 @contextlib.contextmanager
 def _open_input(path: str) -> Iterator[IO[bytes]]:
     if path == "-":
+        if sys.stdin is None:  # started with stdin closed (<&-)
+            raise UsageError("cannot read -: stdin is closed")
         yield sys.stdin.buffer
         return
     try:
@@ -222,6 +227,12 @@ def _open_input(path: str) -> Iterator[IO[bytes]]:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     with handle:
         yield handle
+
+
+def _stdout() -> TextIO:
+    if sys.stdout is None:  # started with stdout closed (>&-)
+        raise UsageError("cannot write the output: stdout is closed")
+    return sys.stdout
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,6 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`). Point stdout at /dev/null so that the interpreter's
+        # final flush of what is still buffered does not fail a second time.
+        with contextlib.suppress(OSError, AttributeError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print(f"{PROG}: error: stdout was closed before all output was written", file=sys.stderr)
+        return 1
     except Exception as exc:
         # Expected operational failures carry a one-line message; anything else is a bug.
         if _is_expected(exc):
