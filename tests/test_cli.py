@@ -140,12 +140,88 @@ def test_a_settings_help_may_say_percent() -> None:
     assert "~20% of its throughput" in " ".join(result.stdout.decode().split())
 
 
-def test_unreachable_broker_is_one_line_and_exit_1() -> None:
-    result = cli("produce", "--topic", "t", "--bootstrap-servers", "127.0.0.1:1", "--broker-wait-s", "1", "-")
-    assert result.returncode == 1
-    lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1
-    assert lines[0].startswith("prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s")
+UNREACHABLE = ["--bootstrap-servers", "kafka://127.0.0.1:1", "--broker-wait-s", "1"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["produce", "--topic", "t", *UNREACHABLE, "-"],
+        ["tail", "--topic", "t", *UNREACHABLE],
+        ["forward", "--to", "http://127.0.0.1:1/api", *UNREACHABLE],
+    ],
+)
+def test_unreachable_broker_is_one_line_and_exit_1(args: list[str]) -> None:
+    result = cli(*args)
+    assert (result.returncode, result.stderr.decode()) == (
+        1,
+        "prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s (KafkaConnectionError: "
+        "Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)])\n",
+    )
+
+
+def test_forward_batch_size_below_1_is_one_line() -> None:
+    result = cli("forward", "--to", "http://127.0.0.1:1/api", "--forward-batch-size", "0")
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        "prefect-events: error: --forward-batch-size must be >= 1\n",
+    )
+
+
+# `forward` with the Kafka and HTTP side replaced by two log lines like the real ones.
+FAKE_FORWARD = """
+import logging, sys
+import topology.forward
+
+async def forward(settings, api_url, **kwargs):
+    log = logging.getLogger("topology.forward")
+    log.info("forwarding to %s", api_url)
+    log.debug("forwarded %d of %d records", 5, 5)
+    return 5
+
+topology.forward.forward = forward
+from topology.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "lines"),
+    [
+        ([], ["INFO topology.forward: forwarding to http://prefect/api"]),
+        (
+            ["--log-level", "DEBUG"],
+            [
+                "INFO topology.forward: forwarding to http://prefect/api",
+                "DEBUG topology.forward: forwarded 5 of 5 records",
+            ],
+        ),
+        (
+            ["--log-format", "json", "--log-level", "WARNING"],
+            [],
+        ),
+        (
+            ["--log-format", "json"],
+            ['{"level":"INFO","logger":"topology.forward","message":"forwarding to http://prefect/api"}'],
+        ),
+    ],
+)
+def test_forward_logs_as_its_settings_say(flags: list[str], lines: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FAKE_FORWARD, "forward", "--to", "http://prefect/api", *flags],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    *logged, last = result.stderr.decode().splitlines()
+    assert last == "delivered 5 events"
+    if "json" in flags:  # without the timestamp
+        logged = [json.dumps({k: v for k, v in json.loads(line).items() if k != "ts"}) for line in logged]
+        lines = [json.dumps(json.loads(line)) for line in lines]
+    else:
+        logged = [line.split(" ", 2)[2] for line in logged]  # after the date and time
+    assert [line for line in logged if "topology.forward" in line] == lines
 
 
 def test_environment_is_read_and_flags_win() -> None:

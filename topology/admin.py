@@ -110,7 +110,9 @@ async def _wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
         try:
             await asyncio.wait_for(client.bootstrap(), timeout=remaining)
             return
-        except (KafkaError, OSError, TimeoutError) as exc:
+        except TimeoutError:
+            pass  # the deadline came: keep the last error an attempt gave ("no answer" if none)
+        except (KafkaError, OSError) as exc:
             last_error = _one_line(exc)
         finally:
             with contextlib.suppress(Exception):
@@ -197,5 +199,7 @@ async def _check(bootstrap_servers: str, by_name: dict[str, TopicSpec]) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    text, name = " ".join(str(exc).split()), type(exc).__name__
+    if text.startswith(name):  # aiokafka's errors name themselves
+        return text
+    return f"{name}: {text}" if text else name

@@ -176,11 +176,15 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 
 def cmd_forward(args: argparse.Namespace) -> int:
+    from topology import logs
     from topology.forward import forward
 
     settings = _settings(args)
     if not args.to.startswith(("http://", "https://")):
         raise UsageError(f"--to must be an http(s) URL, got {args.to!r}")
+    if args.forward_batch_size < 1:
+        raise UsageError("--forward-batch-size must be >= 1")
+    logs.configure(settings)  # as the worker does: log_level and log_format apply
 
     async def main() -> int:
         stop = asyncio.Event()

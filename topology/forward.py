@@ -29,6 +29,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from topology.admin import wait_for_broker
 from topology.config import Settings
 from topology.records import (
     REASON,
@@ -276,9 +277,13 @@ async def forward(
     a crash re-sends at most one batch, which the server deduplicates by event id.
     `consumer_config` adds or overrides AIOKafkaConsumer arguments (security, group timeouts).
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stop = stop or asyncio.Event()
     topics = list(topics or (settings.artifact_events_topic, settings.asset_events_topic))
     group = group_id or f"{settings.app_id}-forward"
+    # Like the worker: wait for a broker that is still starting, else fail with one line.
+    await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.bootstrap_servers,
@@ -296,8 +301,8 @@ async def forward(
     )
     timeout = aiohttp.ClientTimeout(total=request_timeout)
     delivered = 0
-    await consumer.start()
-    try:
+    try:  # stop() is safe on a client whose start() failed or never ran
+        await consumer.start()
         await producer.start()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             sink = PrefectSink(
