@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -385,3 +387,54 @@ def test_the_readme_documents_every_setting() -> None:
         if f"`{f.name}`" not in readme and not (f.name.endswith("_topic") and "`*_topic`" in readme)
     ]
     assert missing == []
+
+
+def test_demo_uses_the_broker_a_flag_names(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from topology import cli as cli_module
+    from topology import demo
+
+    class NoEmbeddedBroker:
+        def start(self) -> None:
+            raise AssertionError("the embedded broker was started")
+
+    monkeypatch.setattr(demo, "EmbeddedBroker", NoEmbeddedBroker)
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    assert cli_module.main(["demo", *UNREACHABLE]) == 1
+    assert capsys.readouterr().err == (
+        "prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s (KafkaConnectionError: "
+        "Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)])\n"
+    )
+
+
+def test_demo_shows_why_its_worker_died(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's broker answers, the worker's does not: the worker exits at start-up."""
+    from topology import demo
+
+    async def broker_answers(*args: object, **kwargs: object) -> int:
+        return 0
+
+    async def print_events(
+        settings: object, want: int, seconds: float, worker_alive: Callable[[], bool]
+    ) -> int:
+        async with asyncio.timeout(60):
+            while worker_alive():
+                await asyncio.sleep(0.05)
+        return 0
+
+    monkeypatch.setattr(demo, "prepare", broker_answers)
+    monkeypatch.setattr(demo, "produce", broker_answers)
+    monkeypatch.setattr(demo, "_print_events", print_events)
+    settings = config.load(
+        {"bootstrap_servers": "127.0.0.1:1", "broker_wait_s": 1, "metrics_port": 0}, environ={}
+    )
+    assert demo.run_demo(settings, seconds=60, embedded_broker=False) == 1
+    assert capsys.readouterr().err.splitlines()[-3:] == [
+        "0 of 24 records seen",
+        "the worker exited early (exit 1); the end of its stderr:",
+        "  prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s (KafkaConnectionError: "
+        "Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)])",
+    ]

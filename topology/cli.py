@@ -151,7 +151,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from topology.demo import run_demo
 
-    return run_demo(_settings(args), seconds=args.seconds)
+    # A broker given by flag or environment is used; else the demo brings its own.
+    given = args.bootstrap_servers is not None or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    return run_demo(_settings(args), seconds=args.seconds, embedded_broker=not given)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """`prefect-events demo`: a newcomer's first run — broker, worker, a small feed, events printed.
 
-Uses the embedded Tansu broker unless KAFKA_BOOTSTRAP_SERVERS is set. The feed is a handful of
-real Prefect operations (artifact versions and deletes, an asset lineage chain, one bad message).
+Uses the embedded Tansu broker unless a broker is given (--bootstrap-servers or
+KAFKA_BOOTSTRAP_SERVERS). The feed is a handful of real Prefect operations (artifact versions and
+deletes, an asset lineage chain, one bad message).
 """
 
 from __future__ import annotations
@@ -11,8 +12,11 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from importlib import resources
+from typing import IO
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -24,6 +28,7 @@ from topology.runner import for_embedded_broker, prepare
 from topology.tools import produce
 
 ARTIFACT_KEY = "artifact.id,artifact_id"  # creates carry the id inside, updates/deletes beside
+WORKER_LOG_LINES = 20  # of the worker's stderr, shown when it exits before the demo is done
 
 
 def _feed(name: str) -> list[bytes]:
@@ -38,9 +43,10 @@ def _expected(settings: Settings, artifacts: list[bytes], results: list[bytes]) 
     )
 
 
-def run_demo(settings: Settings, seconds: float) -> int:
+def run_demo(settings: Settings, seconds: float, *, embedded_broker: bool = True) -> int:
+    """Feed the demo to a worker on `settings.bootstrap_servers`, or on an embedded broker."""
     broker = None
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    if embedded_broker:
         broker = EmbeddedBroker().start()
         settings = for_embedded_broker(settings, broker.bootstrap_servers)
         print(f"embedded broker (Tansu) at {settings.bootstrap_servers}", file=sys.stderr)
@@ -55,26 +61,32 @@ def run_demo(settings: Settings, seconds: float) -> int:
     }
     worker = None
     try:
-        asyncio.run(prepare(settings))
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "topology.cli", "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
-        # A live feed, one operation every 100 ms, keyed the advised way (artifact id, flow run).
-        asyncio.run(produce(settings, settings.artifacts_topic, artifacts, ARTIFACT_KEY, 0.1))
-        asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id", 0.1))
-        want = _expected(settings, artifacts, results)
-        print(
-            f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
-            f"waiting for {want} events and dead letters...",
-            file=sys.stderr,
-        )
-        seen = asyncio.run(_print_events(settings, want, seconds))
-        print(f"{seen} of {want} records seen", file=sys.stderr)
-        return 0 if seen >= want else 1
+        # The worker's log goes to a file, shown if the worker dies (a pipe nobody reads would
+        # block it once full).
+        with tempfile.TemporaryFile() as worker_log:
+            asyncio.run(prepare(settings))
+            process = worker = subprocess.Popen(
+                [sys.executable, "-m", "topology.cli", "worker"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=worker_log,
+            )
+            artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
+            # A live feed, one operation every 100 ms, keyed the advised way (artifact id, flow run).
+            asyncio.run(produce(settings, settings.artifacts_topic, artifacts, ARTIFACT_KEY, 0.1))
+            asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id", 0.1))
+            want = _expected(settings, artifacts, results)
+            print(
+                f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
+                f"waiting for {want} events and dead letters...",
+                file=sys.stderr,
+            )
+            seen = asyncio.run(_print_events(settings, want, seconds, lambda: process.poll() is None))
+            print(f"{seen} of {want} records seen", file=sys.stderr)
+            if process.returncode is not None:
+                _show_exit(process.returncode, worker_log)
+                return 1
+            return 0 if seen >= want else 1
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
@@ -86,7 +98,18 @@ def run_demo(settings: Settings, seconds: float) -> int:
             broker.stop()
 
 
-async def _print_events(settings: Settings, want: int, seconds: float) -> int:
+def _show_exit(code: int, log: IO[bytes]) -> None:
+    log.seek(0)
+    lines = log.read().decode(errors="replace").splitlines()[-WORKER_LOG_LINES:]
+    print(f"the worker exited early (exit {code}); the end of its stderr:", file=sys.stderr)
+    for line in lines:
+        print(f"  {line}", file=sys.stderr)
+
+
+async def _print_events(
+    settings: Settings, want: int, seconds: float, worker_alive: Callable[[], bool]
+) -> int:
+    """Print events and dead letters until `want` were seen, `seconds` passed or the worker died."""
     topics = [settings.artifact_events_topic, settings.asset_events_topic, settings.dead_letter_topic]
     consumer = AIOKafkaConsumer(
         *topics,
@@ -99,7 +122,7 @@ async def _print_events(settings: Settings, want: int, seconds: float) -> int:
     await consumer.start()
     seen, deadline = 0, time.monotonic() + seconds
     try:
-        while seen < want and time.monotonic() < deadline:
+        while seen < want and time.monotonic() < deadline and worker_alive():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for r in records:
                     seen += 1
