@@ -128,6 +128,25 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     assert result.stderr.decode() == message + "\n"
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["forward", "--to", "http://x/api", "--forward-batch-size", "many"],
+            "prefect-events forward: error: argument --forward-batch-size: invalid int value: 'many'",
+        ),
+        (
+            ["config", "--commit-interval-s", "-inf"],
+            "prefect-events config: error: argument --commit-interval-s: expected one argument",
+        ),
+        ([], "prefect-events: error: the following arguments are required: COMMAND"),
+    ],
+)
+def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert (result.returncode, result.stderr.decode()) == (2, message + " (see --help)\n")
+
+
 @pytest.mark.parametrize("command", ["worker", "process", "produce", "tail", "config", "demo", "forward"])
 def test_every_command_explains_itself(command: str) -> None:
     result = cli(command, "--help")

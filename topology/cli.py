@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, TextIO
+from typing import IO, NoReturn, TextIO
 
 import orjson
 
@@ -32,9 +32,16 @@ class UsageError(Exception):
 # --- argument parsing -------------------------------------------------------------------------
 
 
-def _settings_parser() -> argparse.ArgumentParser:
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _settings_parser() -> _Parser:
     """Every Settings field as a flag; flags override the environment."""
-    parent = argparse.ArgumentParser(add_help=False)
+    parent = _Parser(add_help=False)
     group = parent.add_argument_group("settings (each also PREFECT_EVENTS_<NAME>)")
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
@@ -52,7 +59,7 @@ def _settings_parser() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     settings = _settings_parser()
-    parser = argparse.ArgumentParser(prog=PROG, description="Prefect artifact and asset events from Kafka.")
+    parser = _Parser(prog=PROG, description="Prefect artifact and asset events from Kafka.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("worker", parents=[settings], help="run the stream processor")
