@@ -97,6 +97,7 @@ class Worker:
         self.topics = self.names.topics()
         # Greatest event time each swept table's step has seen: "now" for the retention.
         self.watermarks = {"flow runs": 0, "deleted artifacts": 0}
+        self._rewinding: asyncio.Future[None] | None = None
         self.app = faust.App(
             settings.app_id,
             broker=settings.broker_url,
@@ -399,9 +400,18 @@ class Worker:
         m.processing(time.perf_counter() - started)
 
     async def rewind_stalled(self) -> None:
-        """Records delivered to a step but never taken: read them again (topology.commits)."""
-        if self.ready():
+        """Records delivered to a step but never taken: read them again (topology.commits).
+
+        In the background, one at a time: a seek waits for the fetch in flight (up to a second
+        when idle), and a timer whose callback outlasts its interval logs a warning each time."""
+        if self.ready() and (self._rewinding is None or self._rewinding.done()):
+            self._rewinding = asyncio.ensure_future(self._rewind_stalled())
+
+    async def _rewind_stalled(self) -> None:
+        try:
             await self.consumer.rewind_stalled(STALL_S)
+        except Exception:  # the next tick tries again; a seek can fail while a rebalance begins
+            log.warning("re-reading stalled partitions failed", exc_info=True)
 
     async def measure_tables(self) -> None:
         """Keys per table: exact for memory://, RocksDB's own estimate for rocksdb:// (no scan)."""

@@ -198,15 +198,24 @@ class WorkerConsumer(Consumer):
         return records
 
     async def seek(self, partition: TP, offset: int) -> None:
-        if not self.app.topics.acks_enabled_for(partition.topic):
-            await super().seek(partition, offset)
+        await self.seek_many({partition: offset})
+
+    async def seek_many(self, offsets: Mapping[TP, int]) -> None:
+        """Seek stream partitions together: each pause waits for the fetch in flight, which
+        takes up to Faust's poll timeout (a second) when there is nothing to fetch."""
+        acked = {tp: o for tp, o in offsets.items() if self.app.topics.acks_enabled_for(tp.topic)}
+        for tp, offset in offsets.items():
+            if tp not in acked:
+                await super().seek(tp, offset)
+        if not acked:
             return
 
         async def seek() -> dict[TP, int | None]:
-            await super(WorkerConsumer, self).seek(partition, offset)
-            return {partition: offset}
+            for tp, offset in acked.items():
+                await super(WorkerConsumer, self).seek(tp, offset)
+            return dict(acked)
 
-        await self._seek_quietly([partition], seek)
+        await self._seek_quietly(list(acked), seek)
 
     async def perform_seek(self) -> None:
         """Faust seeks every stream partition to its committed offset once recovery is done."""
@@ -286,10 +295,11 @@ class WorkerConsumer(Consumer):
             await self._rewind(quiet, None)
 
     async def _rewind(self, offsets: Mapping[TP, int], why: str | None) -> None:
-        for tp, offset in offsets.items():
-            if why is not None:
+        if why is not None:
+            for tp, offset in offsets.items():
                 self.log.info("rewinding %s[%d] to %d: %s", tp.topic, tp.partition, offset, why)
-            await self.seek(tp, offset)
+        if offsets:
+            await self.seek_many(offsets)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         self._rebalances += 1
