@@ -102,6 +102,11 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
         return {}
 
     worker._publish = publish  # type: ignore[method-assign]
+    asyncio.run(worker.sweep())  # not ready (tables not recovered): nothing is touched
+    assert dict(worker.lineage.data.items()) == {b"silent": silent, b"recent": recent}
+    assert changelog == []
+
+    worker.ready = lambda: True  # type: ignore[method-assign]
     asyncio.run(worker.sweep())
 
     assert dict(worker.lineage.data.items()) == {b"recent": recent}

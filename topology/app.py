@@ -424,7 +424,11 @@ class Worker:
 
     async def sweep(self) -> None:
         """Retention by event time: forget flow runs silent for longer than it, and tombstones of
-        artifacts deleted longer than it ago, so neither table grows without bound."""
+        artifacts deleted longer than it ago, so neither table grows without bound. Not while
+        tables recover or partitions move: a partly recovered store could hold an expired value
+        of a key whose newer one is still to come, and the sweep's tombstone would land after it."""
+        if not self.ready():
+            return
         retention = self.settings.lineage_retention_us
         for name, table, expired in (
             ("flow runs", self.lineage, steps.expired_flow_runs),
