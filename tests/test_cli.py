@@ -53,7 +53,14 @@ def cli(
         ),
         (
             ["config", "--processing-guarantee", "maybe"],
-            "prefect-events: error: processing_guarantee: 'maybe' must be one of at_least_once, exactly_once",
+            "prefect-events: error: processing_guarantee: 'maybe' must be one of at_least_once",
+        ),
+        (
+            ["config", "--processing-guarantee", "exactly_once"],
+            "prefect-events: error: processing_guarantee: exactly_once is not supported: Faust's "
+            "transactions follow the destination partition and this worker re-keys records across "
+            "partitions; at_least_once with the worker's replay marks gives byte-identical "
+            "duplicates at most (README, Guarantees)",
         ),
         (
             ["config", "--artifact-events-topic", "prefect.raw.artifacts"],

@@ -75,12 +75,10 @@ def start_worker(bootstrap_servers: str, broker_kind: str, tmp_path: Path) -> It
     def start(
         partitions: int = 4,
         input_partitions: int = 4,
-        guarantee: str = "at_least_once",
         stdin: int | None = None,
         **settings: str,
     ) -> RunningWorker:
         env = _env(bootstrap_servers, partitions, input_partitions)
-        env["PREFECT_EVENTS_PROCESSING_GUARANTEE"] = guarantee
         env["PREFECT_EVENTS_SESSION_TIMEOUT_S"] = session
         if broker_kind == "embedded":
             # Tansu's ListOffsets answers the last batch's base offset + 1: with one record per
@@ -276,35 +274,6 @@ def offline_lines(raw: bytes) -> list[bytes]:
     from streams.pipeline import ArtifactPipeline
 
     return [e.value for e in ArtifactPipeline().process(raw).events]
-
-
-async def _supports_transactions(bootstrap: str) -> str | None:
-    """None when a transactional producer can start, else why not (Tansu: BROKER.md defect 3)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=f"probe-{uuid.uuid4()}")
-    try:
-        await asyncio.wait_for(producer.start(), timeout=15)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    finally:
-        await producer.stop()
-    return None
-
-
-@h.needs_golden
-def test_exactly_once_where_the_broker_has_transactions(
-    start_worker: StartWorker, bootstrap_servers: str, tmp_path: Path
-) -> None:
-    """Faust's exactly_once mode, A7 end to end; skipped on brokers without transactions."""
-    why_not = asyncio.run(_supports_transactions(bootstrap_servers))
-    if why_not is not None:
-        pytest.skip(f"broker refuses transactional producers ({why_not}); exactly_once untestable here")
-    worker = start_worker(partitions=1, input_partitions=1, guarantee="exactly_once")
-    s = worker.settings
-    inputs = (GOLDEN / "A7" / "input.jsonl").read_bytes().splitlines()
-    expected = (GOLDEN / "A7" / "expected.jsonl").read_text().splitlines()
-    asyncio.run(produce(bootstrap_servers, s.artifacts_topic, inputs))
-    records = asyncio.run(consume(bootstrap_servers, s.artifact_events_topic, len(expected)))
-    compare(GOLDEN / "A7" / "expected.jsonl", [v for _, v, _ in records], tmp_path)
 
 
 def _free_port() -> int:

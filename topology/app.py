@@ -306,11 +306,7 @@ class Worker:
         topic = table.changelog_topic.get_topic_name()
         store: Any = table.data
         for (_, partition), offset in written.items():
-            tp = faust.types.TP(topic, partition)
-            if self.app.in_transaction:
-                self.app.tables.persist_offset_on_commit(store, tp, offset)
-            else:
-                store.set_persisted_offset(tp, offset)
+            store.set_persisted_offset(faust.types.TP(topic, partition), offset)
 
     @property
     def consumer(self) -> WorkerConsumer:
@@ -330,22 +326,7 @@ class Worker:
         the offset of the last record per partition."""
         if not outputs:
             return {}
-        if not self.app.in_transaction:
-            return await publish(self._kafka_producer, outputs, self._records_per_batch)
-        # exactly_once: Faust's transaction manager picks each partition's transactional producer.
-        producer = self.app.consumer.transactions
-        pending = [
-            await producer.send(
-                o.topic,
-                o.key,
-                o.value,
-                o.partition,
-                None if o.timestamp_ms is None else o.timestamp_ms / 1000,
-                o.headers,
-            )
-            for o in outputs
-        ]
-        return {(m.topic, m.partition): m.offset for m in await asyncio.gather(*pending)}
+        return await publish(self._kafka_producer, outputs, self._records_per_batch)
 
     @property
     def _kafka_producer(self) -> AIOKafkaProducer:

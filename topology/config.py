@@ -19,7 +19,16 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message is one line a user can act on."""
 
 
-GUARANTEES = ("at_least_once", "exactly_once")
+GUARANTEES = ("at_least_once",)
+# Faust's transactions give each output the transactional producer of its *destination*
+# partition, assuming outputs stay in their input's partition; this worker hands records on to
+# other partitions (by artifact id, then by collection key), so a crash could commit an input
+# whose hand-overs were aborted. Refused rather than offered broken.
+_NO_EXACTLY_ONCE = (
+    "processing_guarantee: exactly_once is not supported: Faust's transactions follow the "
+    "destination partition and this worker re-keys records across partitions; at_least_once with "
+    "the worker's replay marks gives byte-identical duplicates at most (README, Guarantees)"
+)
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -60,7 +69,10 @@ class Settings:
     )
     standby_replicas: int = 0
     lineage_retention_days: float = 7.0
-    processing_guarantee: str = "at_least_once"
+    processing_guarantee: str = field(
+        default="at_least_once",
+        metadata={"help": "at_least_once (exactly_once is refused: see README, Guarantees)"},
+    )
     batch_size: int = field(default=500, metadata={"help": "max messages per processing batch"})
     fetch_max_wait_ms: int = field(
         default=100, metadata={"help": "consumer fetch wait (Faust hard-codes 1500)"}
@@ -245,6 +257,8 @@ def validate(s: Settings) -> None:
         raise ConfigError(f"session_timeout_s: {s.session_timeout_s} is out of range [0.5, 1800]")
     if not _STORE.match(s.store):
         raise ConfigError(f"store: {s.store!r} must be memory:// or rocksdb://")
+    if s.processing_guarantee == "exactly_once":
+        raise ConfigError(_NO_EXACTLY_ONCE)
     if s.processing_guarantee not in GUARANTEES:
         raise ConfigError(
             f"processing_guarantee: {s.processing_guarantee!r} must be one of {', '.join(GUARANTEES)}"
