@@ -13,6 +13,9 @@ after it (topology.steps.BatchResult), and stamped with the collection's count o
 that a replay reads them as of the collection record it found, which is what the first run read
 (streams.members, streams.collection_record).
 
+A message that leaves its record as it was is marked too where its replay could do otherwise
+(topology.steps: an operation on an artifact not created yet; a message its state refused).
+
 Exact offsets rather than a high-water mark: around restarts and rebalances a consumer can be
 handed a partition's records out of order (later ones first); a high-water mark would then take
 the earlier ones for replays and drop them. Only offsets older than the last `KEEP` a record has

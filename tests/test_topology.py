@@ -239,3 +239,74 @@ def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collect
 def _dead_letters(driver: Driver) -> list[InRecord]:
     return [r for (topic, _), log in sorted(driver.logs.items()) if topic == driver.topics.dead_letters
             for r in log]
+
+
+def _re_read(driver: Driver, topic: str, partition: int, offset: int) -> None:
+    """A crash before `offset` was committed: the partition is read again from there."""
+    driver.positions[(topic, partition)] = offset
+    driver.queue.append((topic, partition))
+    driver.run()
+
+
+@pytest.mark.parametrize(
+    "create_partition", ["same", "other"], ids=["create-same-partition", "create-elsewhere"]
+)
+@pytest.mark.parametrize("early", ["delete", "update"])
+def test_an_operation_before_its_create_is_not_applied_when_replayed_after_it(
+    early: str, create_partition: str
+) -> None:
+    """It changed nothing the first time (the artifact was unknown), and must not the second,
+    when its record holds the create: every message of the memberships step is marked."""
+    from tests import spec_helpers as h
+    from topology.records import partition_for
+
+    v1 = h.uid(1)
+    first = h.delete(v1, 0.5) if early == "delete" else h.update(v1, {"data": "early"}, 0.5)
+    outcomes = []
+    for crash in (False, True):
+        driver = Driver(topics(partitions=4, raw_partitions=4))
+        raw = driver.topics.raw_artifacts
+        local = partition_for(v1.encode(), 4)
+        driver.produce(raw, h.encode(first), partition=local)
+        driver.run()
+        driver.produce(raw, h.encode(h.create(v1, "report", 1.0)),
+                       partition=local if create_partition == "same" else (local + 1) % 4)
+        driver.run()
+        if crash:
+            _re_read(driver, raw, local, 0)
+        outcomes.append((driver.events(driver.topics.artifact_events),
+                         steps.Stamped.load(driver.tables["memberships"][v1.encode()]).state))
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[0][1] == ["report", None]  # live
+
+
+def test_a_delete_its_collection_refused_is_not_applied_when_replayed_after_a_later_change() -> None:
+    """The collections step dead-letters the delete (its event over 1.5 MB); a later PATCH makes
+    the event small. Re-read after the PATCH, the delete is skipped, not applied."""
+    from tests import spec_helpers as h
+
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    messages = _half_limit_updates_then_deletes()[:5]  # ... delete (refused), small PATCH
+    for m in messages:
+        driver.produce(t.raw_artifacts, h.encode(m), key=h.uid(1).encode())
+        driver.run()
+    before = driver.events(t.artifact_events)
+    refused = [r.offset for r in driver.logs[(t.artifacts_by_key, 0)]
+               if json.loads(r.value or b"{}").get("op") == "delete"]
+    _re_read(driver, t.artifacts_by_key, 0, refused[0])
+    assert driver.events(t.artifact_events) == before
+    assert len(_dead_letters(driver)) == 1
+
+
+def test_a_record_that_only_remembers_messages_expires_with_the_retention() -> None:
+    from topology.steps import Stamped, expired_tombstones
+
+    memberships = {
+        b"remembered-long-ago": Stamped({"r0": [3]}, None, 1 * DAY_US).dump(),
+        b"remembered-lately": Stamped({"r0": [4]}, None, 5 * DAY_US).dump(),
+        b"live": Stamped({"r0": [5]}, ["report", None]).dump(),
+    }
+    assert expired_tombstones(lambda: memberships.items(), 9 * DAY_US, 7 * DAY_US) == [
+        b"remembered-long-ago"
+    ]

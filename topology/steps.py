@@ -56,12 +56,19 @@ class InRecord:
 
 @dataclass(slots=True)
 class Stamped:
-    """A table value: the domain state plus the replay marks of what it has absorbed."""
+    """A table value: the domain state plus the replay marks of what it has absorbed.
+
+    A record with marks and no state remembers messages that changed nothing (an update or a
+    delete of an artifact not known yet): `at`, the newest event time among them, lets the
+    retention sweep forget it."""
 
     seen: replay.Seen
     state: Any  # the state's JSON form; None = no state
+    at: int | None = None  # only with no state
 
     def dump(self) -> bytes:
+        if self.state is None and self.at is not None:
+            return orjson.dumps({"seen": self.seen, "state": None, "at": self.at})
         return orjson.dumps({"seen": self.seen, "state": self.state})
 
     @classmethod
@@ -69,7 +76,7 @@ class Stamped:
         if raw is None:
             return cls({}, None)
         value = orjson.loads(raw)
-        return cls(value["seen"], value["state"])
+        return cls(value["seen"], value["state"], value.get("at"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +212,7 @@ class _Record:
     state: Any
     partition: int
     changed: bool = False
+    at: int | None = None  # Stamped.at
 
 
 def _apply_keyed(
@@ -220,9 +228,13 @@ def _apply_keyed(
     encode: Callable[[Any], Any],
     apply: Callable[[Any, bytes, InRecord, Any, bytes], Applied],
     route: Callable[[InRecord, Any], Out | None],
+    mark_unchanged: bool = False,
 ) -> BatchResult:
     """The loop every stateful step shares: event-time order, replay skip, one record per message,
-    domain objects kept decoded for the whole batch and encoded once per changed key."""
+    domain objects kept decoded for the whole batch and encoded once per changed key.
+
+    `mark_unchanged`: also mark messages that changed nothing, for a step where such a message,
+    replayed after later ones changed its record, would change it (streams.replay)."""
     result = BatchResult()
     records: dict[bytes, _Record] = {}
     for record, parsed in in_event_time_order(batch, parse):
@@ -254,7 +266,7 @@ def _apply_keyed(
             if entry is None:
                 stamped = Stamped.load(load(key, record.partition))
                 state = decode(key, record.partition, stamped.state)
-                entry = records[key] = _Record(stamped.seen, state, record.partition)
+                entry = records[key] = _Record(stamped.seen, state, record.partition, at=stamped.at)
             lane, lane_offset = identity_of_record or identity(record, source)
             if replay.is_replay(entry.seen, lane, lane_offset):
                 result.replays_skipped += 1
@@ -265,6 +277,8 @@ def _apply_keyed(
             )
         except Invalid as why:
             result.reject(topics.dead_letters, record, source, why)
+            if entry is not None:  # refused by its state (an event over a limit): a replay must
+                _mark_unchanged(entry, lane, lane_offset, parsed.occurred_us)  # not be applied later
             continue
         result.emit(events_topic, applied.events)
         if applied.unknown_delete:
@@ -277,11 +291,21 @@ def _apply_keyed(
         if entry is not None and (applied.changed or applied.forward is not None):
             entry.state, entry.changed = applied.state, True
             replay.mark(entry.seen, lane, lane_offset)
+        elif entry is not None and mark_unchanged:
+            _mark_unchanged(entry, lane, lane_offset, parsed.occurred_us)
     for key, entry in records.items():
         if entry.changed:
             state = None if entry.state is None else encode(entry.state)
-            result.writes[key] = (entry.partition, Stamped(entry.seen, state).dump())
+            result.writes[key] = (entry.partition, Stamped(entry.seen, state, entry.at).dump())
     return result
+
+
+def _mark_unchanged(entry: _Record, lane: str, offset: int, occurred_us: int) -> None:
+    """Remember a message that left the state as it was, so that its replay is skipped rather
+    than applied to what later messages made of the record."""
+    entry.changed = True
+    entry.at = max(entry.at or 0, occurred_us)
+    replay.mark(entry.seen, lane, offset)
 
 
 def _decoded(from_json: Callable[[Any], Any]) -> Callable[[bytes, int, Any], Any]:
@@ -352,6 +376,9 @@ def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         encode=Membership.to_json,
         apply=apply,
         route=_rekey_unless_local(topics, topics.artifacts_by_id, lambda op: op.artifact_id.encode()),
+        # An update or delete before its artifact's create changes nothing; replayed after the
+        # create, it would hand itself on (an update patching the collection, a delete deleting).
+        mark_unchanged=True,
     )
 
 
@@ -495,7 +522,8 @@ def expired_flow_runs(items: Callable[[], Any], watermark_us: int, retention_us:
 
 
 def expired_tombstones(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
-    """Keys of artifacts deleted longer than the retention ago (live ones never expire)."""
+    """Keys of artifacts deleted longer than the retention ago (live ones never expire), and of
+    records that only remember messages about an artifact not known yet."""
     return _expired(items, watermark_us, retention_us, lambda state: state[1])
 
 
@@ -507,8 +535,8 @@ def _expired(
 ) -> list[bytes]:
     expired = []
     for key, raw in items():
-        state = Stamped.load(raw).state
-        when = None if state is None else last_us(state)
+        stamped = Stamped.load(raw)
+        when = stamped.at if stamped.state is None else last_us(stamped.state)
         if when is not None and watermark_us - when > retention_us:
             expired.append(key)
     return expired
