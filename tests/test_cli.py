@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -464,3 +465,66 @@ def test_demo_shows_why_its_worker_died(
         "  prefect-events: error: cannot reach Kafka at 127.0.0.1:1 within 1 s (KafkaConnectionError: "
         "Unable to bootstrap from [('127.0.0.1', 1, <AddressFamily.AF_INET: 2>)])",
     ]
+
+
+@dataclasses.dataclass
+class FakeRecord:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class FakeConsumer:
+    """aiokafka's consumer as `tail` uses it: each getmany returns the next fetch, then nothing."""
+
+    fetches: ClassVar[list[dict[str, list[FakeRecord]]]] = []
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.pending = list(self.fetches)
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def getmany(self, timeout_ms: int) -> dict[str, list[FakeRecord]]:
+        await asyncio.sleep(0)
+        return self.pending.pop(0) if self.pending else {}
+
+
+@pytest.mark.parametrize(
+    ("max_records", "printed"),
+    [
+        (1, ["a0"]),
+        (2, ["a0", "a1"]),
+        (3, ["a0", "a1", "b0"]),
+        (4, ["a0", "a1", "b0", "c0"]),
+        (9, ["a0", "a1", "b0", "c0"]),  # then idle for the timeout
+    ],
+)
+def test_tail_stops_after_max_records_across_partitions(
+    monkeypatch: pytest.MonkeyPatch, max_records: int, printed: list[str]
+) -> None:
+    """A fetch holds several partitions' records: --max counts them all, not each partition's."""
+    import io
+
+    from topology import tools
+
+    async def broker_answers(*args: object, **kwargs: object) -> None:
+        pass
+
+    def records(partition: int, *values: str) -> list[FakeRecord]:
+        return [FakeRecord("t", partition, n, v.encode()) for n, v in enumerate(values)]
+
+    monkeypatch.setattr(tools, "wait_for_broker", broker_answers)
+    monkeypatch.setattr(tools, "AIOKafkaConsumer", FakeConsumer)
+    fetches = [{"t-0": records(0, "a0", "a1"), "t-1": records(1, "b0")}, {"t-2": records(2, "c0")}]
+    monkeypatch.setattr(FakeConsumer, "fetches", fetches)
+    settings = config.load({}, environ={})
+    out = io.StringIO()
+    count = asyncio.run(tools.tail(settings, "t", out, True, max_records, 0.3, False))
+    assert (count, out.getvalue().splitlines()) == (len(printed), printed)

@@ -94,12 +94,11 @@ async def tail(
                     break
                 continue
             last = time.monotonic()
+            # One fetch holds several partitions' records: --max counts them all.
             for records in batches.values():
-                for r in records:
+                for r in records if max_records is None else records[: max_records - count]:
                     out.write(_render(r, meta) + "\n")
                     count += 1
-                    if max_records is not None and count >= max_records:
-                        break
             out.flush()
     finally:
         await consumer.stop()
