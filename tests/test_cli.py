@@ -528,3 +528,88 @@ def test_tail_stops_after_max_records_across_partitions(
     out = io.StringIO()
     count = asyncio.run(tools.tail(settings, "t", out, True, max_records, 0.3, False))
     assert (count, out.getvalue().splitlines()) == (len(printed), printed)
+
+
+# `worker --embedded-broker` with a stand-in broker, stopped once its settings are made.
+FAKE_EMBEDDED_WORKER = """
+import sys
+from topology import runner
+
+class Broker:
+    bootstrap_servers, pid = "127.0.0.1:1", 4242
+    def start(self):
+        return self
+    def stop(self):
+        pass
+
+async def prepare(settings):
+    raise OSError(f"stopped before the worker ran (fetch_max_wait_ms={settings.fetch_max_wait_ms})")
+
+runner.EmbeddedBroker, runner.prepare = Broker, prepare
+from topology.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "overrides", "wait"),
+    [
+        (
+            ["--fetch-max-wait-ms", "100", "--store", "rocksdb://"],
+            "store=memory:// (was rocksdb://), fetch_max_wait_ms=10 (was 100), "
+            "changelog_batch_records=1 (was 0)",
+            10,
+        ),
+        (["--store", "memory://", "--fetch-max-wait-ms", "5"], "changelog_batch_records=1 (was 0)", 5),
+        (["--store", "memory://", "--fetch-max-wait-ms", "10", "--changelog-batch-records", "1"], None, 10),
+    ],
+)
+def test_embedded_broker_worker_says_which_settings_it_overrode(
+    flags: list[str], overrides: str | None, wait: int
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", FAKE_EMBEDDED_WORKER, "worker", "--embedded-broker", *flags],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    *logged, last = result.stderr.decode().splitlines()
+    assert (result.returncode, last) == (
+        1,
+        f"prefect-events: error: stopped before the worker ran (fetch_max_wait_ms={wait})",
+    )
+    expected = ["INFO prefect_events: embedded broker (Tansu) at 127.0.0.1:1, pid 4242"]
+    if overrides is not None:
+        expected.append(
+            f'INFO prefect_events: the embedded broker overrides {overrides} (README, "The embedded broker")'
+        )
+    assert [line.split(" ", 2)[2] for line in logged] == expected
+
+
+def test_demo_on_the_embedded_broker_says_which_settings_it_overrode(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from topology import demo
+
+    class Broker:
+        bootstrap_servers = "127.0.0.1:1"
+
+        def start(self) -> Broker:
+            return self
+
+        def stop(self) -> None:
+            pass
+
+    async def prepare(settings: config.Settings) -> None:
+        raise OSError("stopped before the worker ran")
+
+    monkeypatch.setattr(demo, "EmbeddedBroker", Broker)
+    monkeypatch.setattr(demo, "prepare", prepare)
+    settings = config.load({"fetch_max_wait_ms": 50}, environ={})
+    with pytest.raises(OSError, match=r"^stopped before the worker ran$"):
+        demo.run_demo(settings, seconds=1)
+    assert capsys.readouterr().err.splitlines() == [
+        "embedded broker (Tansu) at 127.0.0.1:1",
+        "the embedded broker overrides store=memory:// (was rocksdb://), fetch_max_wait_ms=10 (was 50), "
+        'changelog_batch_records=1 (was 0) (README, "The embedded broker")',
+    ]

@@ -66,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--embedded-broker",
         action="store_true",
-        help="start the embedded Tansu broker first (for trying it out) and stop it on exit",
+        help="start the embedded Tansu broker first (for trying it out) and stop it on exit; it "
+        "replaces bootstrap_servers and sets store=memory://, fetch_max_wait_ms at most 10 and "
+        "changelog_batch_records=1, whatever was given (logged at start; README, The embedded broker)",
     )
 
     p = sub.add_parser("process", help="process a JSONL file offline, print events as JSONL")

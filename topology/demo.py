@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from topology.config import Settings
 from topology.embedded_broker import EmbeddedBroker
-from topology.runner import for_embedded_broker, prepare
+from topology.runner import for_embedded_broker, log_overrides, prepare
 from topology.tools import produce
 
 ARTIFACT_KEY = "artifact.id,artifact_id"  # creates carry the id inside, updates/deletes beside
@@ -48,8 +48,9 @@ def run_demo(settings: Settings, seconds: float, *, embedded_broker: bool = True
     broker = None
     if embedded_broker:
         broker = EmbeddedBroker().start()
-        settings = for_embedded_broker(settings, broker.bootstrap_servers)
+        given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
         print(f"embedded broker (Tansu) at {settings.bootstrap_servers}", file=sys.stderr)
+        log_overrides(given, settings, lambda line: print(line, file=sys.stderr))
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": settings.bootstrap_servers,

@@ -89,6 +89,24 @@ def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
     )
 
 
+def overridden(before: Settings, after: Settings) -> str:
+    """The settings `for_embedded_broker` changed, other than the broker address (logged on its
+    own), as `name=value (was value)`; empty when the user's were those already."""
+    return ", ".join(
+        f"{f.name}={getattr(after, f.name)} (was {getattr(before, f.name)})"
+        for f in dataclasses.fields(Settings)
+        if f.name != "bootstrap_servers" and getattr(after, f.name) != getattr(before, f.name)
+    )
+
+
+def log_overrides(before: Settings, after: Settings, write: Callable[[str], object]) -> None:
+    """One line naming what the embedded broker overrode, if anything: flags and variables that
+    were given and not taken should not go unnoticed."""
+    changed = overridden(before, after)
+    if changed:
+        write(f'the embedded broker overrides {changed} (README, "The embedded broker")')
+
+
 class _FaustWorker(faust.Worker):
     """Faust's worker, minus the debugger that mode starts on SIGUSR2 (from the first moment:
     a recovery can take minutes before the app's tasks run)."""
@@ -109,8 +127,9 @@ def run_worker(
     broker = None
     if embedded_broker:
         broker = EmbeddedBroker().start()
-        settings = for_embedded_broker(settings, broker.bootstrap_servers)
+        given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
         log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
+        log_overrides(given, settings, log.info)
     try:
         loop = asyncio.new_event_loop()
         try:
