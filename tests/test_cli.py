@@ -169,6 +169,49 @@ def test_a_settings_help_may_say_percent() -> None:
     assert "~20% of its throughput" in " ".join(result.stdout.decode().split())
 
 
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        (
+            "demo",
+            [
+                "Start the embedded broker (unless --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS names "
+                "a broker), a worker on it,",
+                "--seconds SECONDS give up after this many seconds [default 60]",
+                "--bootstrap-servers BOOTSTRAP_SERVERS a Kafka to run the demo on [env "
+                "KAFKA_BOOTSTRAP_SERVERS; default: none, the demo starts the embedded broker]",
+            ],
+        ),
+        (
+            "forward",
+            [
+                "--group-id GROUP_ID the sink's consumer group; a new one re-sends from the start "
+                "[default <app_id>-forward]",
+                "--forward-batch-size FORWARD_BATCH_SIZE most records per request to the server, at "
+                "least 1 [default 200]",
+                "--bootstrap-servers BOOTSTRAP_SERVERS [env KAFKA_BOOTSTRAP_SERVERS, default "
+                "'localhost:9092']",
+            ],
+        ),
+        (
+            "worker",
+            [
+                "--bootstrap-servers BOOTSTRAP_SERVERS [env KAFKA_BOOTSTRAP_SERVERS, default "
+                "'localhost:9092']",
+                "--embedded-broker start the embedded Tansu broker first (for trying it out) and stop "
+                "it on exit; it replaces bootstrap_servers and sets store=memory://, fetch_max_wait_ms "
+                "at most 10 and changelog_batch_records=1, whatever was given",
+            ],
+        ),
+    ],
+)
+def test_help_says_what_a_flag_defaults_to(command: str, says: list[str]) -> None:
+    """A flag whose default is not a plain value (the demo's broker) says what happens instead."""
+    result = cli(command, "--help")
+    text = " ".join(result.stdout.decode().split())
+    assert [line for line in says if line not in text] == []
+
+
 UNREACHABLE = ["--bootstrap-servers", "kafka://127.0.0.1:1", "--broker-wait-s", "1"]
 
 

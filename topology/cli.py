@@ -13,7 +13,7 @@ import dataclasses
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, NoReturn, TextIO
 
 import orjson
@@ -23,6 +23,8 @@ from topology import config
 from topology.config import ConfigError, Settings
 
 PROG = "prefect-events"
+DEMO_SECONDS = 60.0
+FORWARD_BATCH_SIZE = 200
 
 
 class UsageError(Exception):
@@ -39,20 +41,24 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _settings_parser() -> _Parser:
-    """Every Settings field as a flag; flags override the environment."""
+def _settings_parser(helps: Mapping[str, str] | None = None) -> _Parser:
+    """Every Settings field as a flag; flags override the environment. `helps` replaces the help
+    of some, for a command that treats them differently (a parser given as a parent shares its
+    flags' objects, so each such command needs a parser of its own)."""
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("settings (each also PREFECT_EVENTS_<NAME>)")
     for f in dataclasses.fields(Settings):
         flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
+        help_text = f"{f.metadata.get('help', '')} [env {config.env_name(f)}, default {f.default!r}]"
+        if helps and f.name in helps:
+            help_text = helps[f.name]
         group.add_argument(
             flag,
             dest=f.name,
             default=None,
             metavar=f.name.upper(),
             # argparse formats help with %: a literal one ("20%") would crash --help.
-            help=f"{help_text} [env {config.env_name(f)}, default {f.default!r}]".replace("%", "%%"),
+            help=help_text.replace("%", "%%"),
         )
     return parent
 
@@ -99,13 +105,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config", parents=[settings], help="print the effective configuration")
 
-    p = sub.add_parser("demo", parents=[settings], help="worker + embedded broker + a demo feed")
-    p.add_argument("--seconds", type=float, default=60.0, help="give up after this long")
+    demo_settings = _settings_parser(
+        {
+            "bootstrap_servers": "a Kafka to run the demo on [env KAFKA_BOOTSTRAP_SERVERS; "
+            "default: none, the demo starts the embedded broker]"
+        }
+    )
+    p = sub.add_parser(
+        "demo",
+        parents=[demo_settings],
+        help="worker + embedded broker + a demo feed",
+        description="Start the embedded broker (unless --bootstrap-servers or KAFKA_BOOTSTRAP_SERVERS "
+        "names a broker), a worker on it, feed it the demo operations and print the events and dead "
+        "letters as they come. On the embedded broker the worker runs with store=memory://, "
+        "fetch_max_wait_ms at most 10 and changelog_batch_records=1 (README, The embedded broker).",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=DEMO_SECONDS,
+        help=f"give up after this many seconds [default {DEMO_SECONDS:g}]",
+    )
 
     p = sub.add_parser("forward", parents=[settings], help="deliver events to a Prefect server")
     p.add_argument("--to", required=True, help="Prefect API URL, e.g. http://127.0.0.1:4200/api")
-    p.add_argument("--group-id", default=None)
-    p.add_argument("--forward-batch-size", type=int, default=200)
+    p.add_argument(
+        "--group-id",
+        default=None,
+        help="the sink's consumer group; a new one re-sends from the start [default <app_id>-forward]",
+    )
+    p.add_argument(
+        "--forward-batch-size",
+        type=int,
+        default=FORWARD_BATCH_SIZE,
+        help=f"most records per request to the server, at least 1 [default {FORWARD_BATCH_SIZE}]",
+    )
     return parser
 
 
