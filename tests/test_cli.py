@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -329,6 +330,57 @@ def test_bootstrap_servers_are_stored_without_kafka_scheme_for_every_client() ->
 def test_bad_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"^PREFECT_EVENTS_BATCH_SIZE: expected an integer, got 'lots'$"):
         config.load(environ={"PREFECT_EVENTS_BATCH_SIZE": "lots"})
+
+
+def test_a_prefect_events_variable_that_is_no_setting_is_warned_about() -> None:
+    env = {"PATH": "/usr/bin:/bin", "PREFECT_EVENTS_BOGUS": "1", "PREFECT_EVENTS_PARTITIONS": "8"}
+    result = cli("config", env=env)
+    assert (result.returncode, result.stderr.decode(), json.loads(result.stdout)["partitions"]) == (
+        0,
+        "prefect-events: warning: PREFECT_EVENTS_BOGUS is not a setting (ignored); "
+        "see prefect-events config\n",
+        8,
+    )
+
+
+def test_each_unknown_variable_is_one_warning_and_the_tests_own_are_none(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    environ = {
+        "PREFECT_EVENTS_PARTITION": "8",  # misspelled
+        "prefect_events_batch_size": "10",  # lower case: not read either
+        "PREFECT_EVENTS_BOOTSTRAP_SERVERS": "k:9092",  # the broker is KAFKA_BOOTSTRAP_SERVERS
+        "PREFECT_EVENTS_EMPTY": "",  # set empty, as unset
+        "PREFECT_EVENTS_BATCH_SIZE": "10",
+        "KAFKA_BOOTSTRAP_SERVERS": "k:9092",
+        "PREFECT_EVENTS_GOLDEN_DIR": "/golden",  # the tests' own
+        "PREFECT_EVENTS_REQUIRE_PREFECT": "1",
+        "PREFECT_API_URL": "http://prefect/api",  # Prefect's, not ours
+    }
+    assert config.load(environ=environ).batch_size == 10
+    assert capsys.readouterr().err.splitlines() == [
+        f"prefect-events: warning: {name} is not a setting (ignored); see prefect-events config"
+        for name in (
+            "PREFECT_EVENTS_BOOTSTRAP_SERVERS",
+            "PREFECT_EVENTS_PARTITION",
+            "prefect_events_batch_size",
+        )
+    ]
+
+
+def test_the_variables_that_are_no_settings_are_the_ones_the_repository_uses() -> None:
+    """The list of PREFECT_EVENTS_* names not warned about is every such name used in the
+    repository that is not a setting's (but the made-up ones above), and the README explains each."""
+    settings = {config.env_name(f) for f in dataclasses.fields(config.Settings)}
+    name = re.compile(r"PREFECT_EVENTS_[A-Z0-9_]*[A-Z0-9]")
+    used = set()
+    for folder in ("tests", "bench", "scripts", "topology", "streams", "docker", ".ci"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.is_file() and path.suffix not in (".pyc", ".jsonl") and path != Path(__file__):
+                used |= set(name.findall(path.read_text(errors="replace")))
+    assert used - settings == config.NOT_SETTINGS
+    readme = (ROOT / "README.md").read_text()
+    assert [name for name in sorted(config.NOT_SETTINGS) if f"`{name}" not in readme] == []
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The one config object: environment variables, overridden by CLI flags, validated at start.
 
 Every setting has an environment variable `PREFECT_EVENTS_<NAME>` (upper case), except the broker
-address, which follows the Kafka convention `KAFKA_BOOTSTRAP_SERVERS`.
+address, which follows the Kafka convention `KAFKA_BOOTSTRAP_SERVERS`. Any other `PREFECT_EVENTS_*`
+variable gets a warning (a misspelled setting would otherwise be ignored without a word), but for
+those in NOT_SETTINGS.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, get_type_hints
@@ -35,6 +38,10 @@ _TOPIC = re.compile(r"[A-Za-z0-9._-]{1,249}")
 # HOST:PORT, or [IPv6]:PORT as aiokafka (and Faust, through yarl) read it.
 _SERVER = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[^\s:,/\[\]]+):(?P<port>[0-9]{1,5})")
 _STORE = re.compile(r"^(memory|rocksdb)://")
+ENV_PREFIX = "PREFECT_EVENTS_"
+# PREFECT_EVENTS_* variables that are not settings and not to be warned about: the tests' own
+# (README, "Environment variables").
+NOT_SETTINGS = frozenset({"PREFECT_EVENTS_GOLDEN_DIR", "PREFECT_EVENTS_REQUIRE_PREFECT"})
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,16 @@ def env_name(f: dataclasses.Field[Any]) -> str:
     return str(f.metadata.get("env", f"PREFECT_EVENTS_{f.name.upper()}"))
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Set `PREFECT_EVENTS_*` variables (in any case) that are not settings nor NOT_SETTINGS."""
+    known = {env_name(f) for f in fields(Settings)} | NOT_SETTINGS
+    return sorted(
+        name
+        for name, value in environ.items()
+        if name.upper().startswith(ENV_PREFIX) and name not in known and value != ""
+    )
+
+
 def _coerce(name: str, raw: Any, kind: type) -> Any:
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
@@ -173,8 +190,14 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
 
 
 def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings from the environment, then from overrides (CLI flags; None = not given)."""
+    """Build Settings from the environment, then from overrides (CLI flags; None = not given).
+    Each `PREFECT_EVENTS_*` variable that is not a setting gets a warning line on stderr."""
     environ = os.environ if environ is None else environ
+    for name in unknown_variables(environ):
+        print(
+            f"prefect-events: warning: {name} is not a setting (ignored); see prefect-events config",
+            file=sys.stderr,
+        )
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     for f in fields(Settings):
