@@ -271,6 +271,14 @@ def task_result(
 # --- running ----------------------------------------------------------------------------------
 
 
+def nested(levels: int) -> Any:
+    """A string inside `levels` nested lists: JSON that nests `levels` deep."""
+    value: Any = "x"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 def encode(message: Any) -> bytes:
     if isinstance(message, bytes | bytearray):
         return bytes(message)

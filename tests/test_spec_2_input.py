@@ -217,31 +217,19 @@ def test_not_an_object(stream, raw):
 
 def test_too_deep_nesting_is_rejected_up_front():
     """orjson cannot render more than 254 nested levels; such a message is refused, not crashed."""
-    deep: object = "x"
-    for _ in range(253):
-        deep = [deep]
-    why = _rejected(h.create(A, data=deep))
+    why = _rejected(h.create(A, data=h.nested(253)))
     assert why.code == "too_deep"
-    ok: object = "x"
-    for _ in range(252):
-        ok = [ok]
+    ok = h.nested(252)
     assert h.names(_events([h.create(A, data=ok)]))[0] == "prefect.artifact-collection.created"
 
 
 TASK_RUN = h.uid(0x7B, "7a")
 
 
-def _nested(levels):
-    value: object = "x"
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
 def test_unknown_fields_are_ignored_however_deep_they_nest():
     """Only what a message carries into its events must fit orjson's 254 levels; an extra field
     nested deeper is ignored like any other (orjson reads up to 1024)."""
-    deep = _nested(600)
+    deep = h.nested(600)
     create = {**h.create(A, data="d"), "extra": deep}
     create["artifact"]["also_extra"] = deep
     assert h.names(_events([create])) == [
@@ -264,12 +252,12 @@ def test_unknown_fields_are_ignored_however_deep_they_nest():
     ids=["update-data", "materialization-metadata"],
 )
 def test_values_carried_into_events_are_held_to_orjsons_depth(message, stream, where, limit):
-    why = _rejected(message(_nested), stream)
+    why = _rejected(message(h.nested), stream)
     assert (why.code, why.reason) == (
         "too_deep",
         f"{where} nests objects/arrays more than {limit} levels deep: its events could not be written",
     )
-    fits = message(lambda levels: _nested(levels - 1))
+    fits = message(lambda levels: h.nested(levels - 1))
     assert _events([fits], stream), "one level less is accepted"
 
 

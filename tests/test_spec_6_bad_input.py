@@ -35,13 +35,6 @@ V1, V2, V3, U = h.uid(1), h.uid(2), h.uid(3), h.uid(0xDD)
 A, B, C = h.uid(0xA, "7a"), h.uid(0xB, "7a"), h.uid(0xC, "7a")
 
 
-def _deep(levels):
-    value: object = "x"
-    for _ in range(levels):
-        value = [value]
-    return value
-
-
 def _grows():
     """420 kB of `1e15`s: orjson renders each as 1000000000000000.0, the collection event 1.6 MB."""
     message = h.create(V2, at=1, data=[1e15] * 84_000)
@@ -56,7 +49,7 @@ BAD_ARTIFACTS = [
     ("invalid-uuid", h.create("v2"), "invalid_uuid"),
     ("invalid-timestamp", h.create(V2, occurred="2026-02-30T00:00:00Z"), "invalid_timestamp"),
     ("unknown-op", {**h.delete(V1), "op": "remove"}, "unknown_op"),
-    ("too-deep", h.create(V2, at=1, data=_deep(300)), "too_deep"),
+    ("too-deep", h.create(V2, at=1, data=h.nested(300)), "too_deep"),
     ("artifact-event-too-large", h.create(V2, at=1, description="d" * 1_500_000), "event_too_large"),
     ("collection-event-too-large", h.create(V2, at=1, data="x" * 1_500_000), "event_too_large"),
     ("update-too-large", h.update(V1, {"data": "x" * 1_500_000}), "event_too_large"),
@@ -93,7 +86,7 @@ BAD_RESULTS = [
     ("wrong-type", h.task_result(B, state="COMPLETED", materialized_by=["x"]), "wrong_type"),
     ("invalid-uuid", h.task_result(B, upstream_runs=["a"]), "invalid_uuid"),
     ("invalid-timestamp", h.task_result(B, occurred="now"), "invalid_timestamp"),
-    ("too-deep", h.task_result(B, downstream=[h.materialized("y", {"m": _deep(260)})]), "too_deep"),
+    ("too-deep", h.task_result(B, downstream=[h.materialized("y", {"m": h.nested(260)})]), "too_deep"),
     ("event-too-large",
      h.task_result(B, downstream=[h.materialized("y", {"m": "x" * 1_500_000})], upstream_runs=[A]),
      "event_too_large"),
