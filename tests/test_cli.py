@@ -241,6 +241,21 @@ def test_forward_batch_size_below_1_is_one_line() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        (
+            "http://127.0.0.1:99999/api",
+            "'http://127.0.0.1:99999/api' is not a valid URL: Port out of range 0-65535",
+        ),
+        ("prefect:4200/api", "'prefect:4200/api' is not an http(s) URL with a host"),
+    ],
+)
+def test_forward_bad_url_is_one_line(url: str, problem: str) -> None:
+    result = cli("forward", "--to", url)
+    assert (result.returncode, result.stderr.decode()) == (2, f"prefect-events: error: --to: {problem}\n")
+
+
 # `forward` with the Kafka and HTTP side replaced by two log lines like the real ones.
 FAKE_FORWARD = """
 import logging, sys

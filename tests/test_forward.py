@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import email.utils
+import logging
 import secrets
 import socket
 import uuid
@@ -26,7 +28,17 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prefect_validate import PrefectServer, prefect_server, require_prefect_venv, validate_events
 
 from topology.config import Settings, namespaced
-from topology.forward import ForwardError, PrefectSink, RetryPolicy, _Item, forward
+from topology.forward import (
+    ForwardError,
+    PrefectSink,
+    RetryPolicy,
+    _body,
+    _chunks,
+    _Item,
+    _retry_after,
+    events_url,
+    forward,
+)
 
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, attempts=3)
 # Tansu answers a JoinGroup after half the session timeout (5 s by default); 6 s is Kafka's minimum.
@@ -344,6 +356,14 @@ async def test_forward_dead_letters_what_the_real_server_rejects(
     assert {h["prefect-source-topic"] for h in headers} == {settings.artifact_events_topic.encode()}
 
 
+async def test_the_real_server_takes_an_empty_list(prefect: PrefectServer) -> None:
+    """The sink's check that a refusal is the events' fault, not the endpoint's, relies on this."""
+    async with aiohttp.ClientSession() as session, session.post(
+        f"{prefect.api_url}/events", data=b"[]", headers={"Content-Type": "application/json"}
+    ) as resp:
+        assert (resp.status, await resp.read()) == (204, b"")
+
+
 def test_validate_events_with_prefects_own_model() -> None:
     artifacts, _ = sample_events()
     valid = artifacts[1]
@@ -364,17 +384,21 @@ class FakePrefect:
     responses: list[tuple[int, bytes]] = field(default_factory=list)
     default: tuple[int, bytes] = (204, b"")
     bodies: list[bytes] = field(default_factory=list)
-    judge: Callable[[bytes], Awaitable[tuple[int, bytes]]] | None = None
+    judge: Callable[[bytes], Awaitable[tuple[int, bytes] | web.Response]] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
     api_url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.bodies.append(body)
         if self.judge is not None:
-            status, text = await self.judge(body)
+            judged = await self.judge(body)
+            if isinstance(judged, web.Response):
+                return judged
+            status, text = judged
             return web.Response(status=status, body=text)
         status, body = self.responses.pop(0) if self.responses else self.default
-        return web.Response(status=status, body=body, content_type="application/json")
+        return web.Response(status=status, body=body, content_type="application/json", headers=self.headers)
 
 
 @pytest.fixture
@@ -382,6 +406,7 @@ async def fake() -> AsyncIterator[FakePrefect]:
     fake = FakePrefect()
     app = web.Application()
     app.router.add_post("/api/events", fake.handle)
+    app.router.add_route("*", "/login", _login_page)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -389,6 +414,10 @@ async def fake() -> AsyncIterator[FakePrefect]:
     fake.api_url = f"http://127.0.0.1:{runner.addresses[0][1]}/api"
     yield fake
     await runner.cleanup()
+
+
+async def _login_page(request: web.Request) -> web.Response:
+    return web.Response(status=200, text="<html>please log in</html>", content_type="text/html")
 
 
 def items(*events: dict[str, Any]) -> list[_Item]:
@@ -452,13 +481,146 @@ async def test_sink_bisects_an_unattributed_4xx(fake: FakePrefect) -> None:
     async with aiohttp.ClientSession() as session:
         outcome = await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver(batch)
     assert outcome is not None
-    assert [i.event_id for i, _, _ in outcome.rejected] == [events[3]["id"]]
+    assert outcome.rejected == [(batch[3], "rejected_by_server", "HTTP 400: bad event")]
     assert sorted(i.event_id for i in outcome.delivered) == sorted(
         e["id"] for i, e in enumerate(events) if i != 3
     )
+    # 5 events: [0..4] 400, probe [] 204, [0,1] 204, [2,3,4] 400, [2] 204, [3,4] 400, [3] 400, [4] 204
+    assert fake.bodies[1] == b"[]" and b"[]" not in fake.bodies[2:]
+    assert len(fake.bodies) == 8
 
 
-@pytest.mark.parametrize("status", [401, 403, 404, 304])
+@pytest.mark.parametrize("status", [400, 413, 415])
+async def test_sink_dead_letters_a_lone_event_only_when_the_server_takes_an_empty_list(
+    fake: FakePrefect, status: int
+) -> None:
+    async def judge(body: bytes) -> tuple[int, bytes]:
+        return (204, b"") if body == b"[]" else (status, b"no")
+
+    fake.judge = judge
+    [item] = items(sample_events()[0][0])
+    async with aiohttp.ClientSession() as session:
+        outcome = await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver([item])
+    assert outcome is not None and outcome.delivered == []
+    code = "event_too_large" if status == 413 else "rejected_by_server"
+    assert outcome.rejected == [(item, code, f"HTTP {status}: no")]
+    # 413 is always the event's size; anything else is checked against an empty list first.
+    assert fake.bodies[1:] == ([] if status == 413 else [b"[]"])
+
+
+@pytest.mark.parametrize("status", [400, 409, 415])
+async def test_sink_stops_when_the_server_refuses_every_request_alike(fake: FakePrefect, status: int) -> None:
+    fake.default = (status, b'{"detail": "blocked by proxy"}')
+    batch = items(*sample_events()[0])
+    async with aiohttp.ClientSession() as session:
+        sink = PrefectSink(session, fake.api_url, retry=FAST_RETRY)
+        with pytest.raises(ForwardError, match=f"HTTP {status} .*empty list"):
+            await sink.deliver(batch)
+    assert fake.bodies[1:] == [b"[]"]  # nothing dead-lettered, no halving
+
+
+async def test_sink_does_not_follow_a_redirect(fake: FakePrefect) -> None:
+    async def judge(body: bytes) -> web.Response:
+        return web.Response(status=302, headers={"Location": "/login"})
+
+    fake.judge = judge
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ForwardError, match="HTTP 302 redirecting to /login"):
+            await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver(items(sample_events()[0][0]))
+    assert len(fake.bodies) == 1
+
+
+@pytest.mark.parametrize("status", [200, 201, 202])
+async def test_sink_takes_only_204_as_accepted(fake: FakePrefect, status: int) -> None:
+    fake.default = (status, b"<html>welcome</html>")
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(ForwardError, match=f"HTTP {status} .*where Prefect answers 204"):
+            await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver(items(sample_events()[0][0]))
+
+
+async def test_sink_waits_as_long_as_retry_after_asks(fake: FakePrefect) -> None:
+    arrivals: list[float] = []
+
+    async def judge(body: bytes) -> web.Response:
+        arrivals.append(asyncio.get_running_loop().time())
+        if len(arrivals) == 1:
+            return web.Response(status=429, headers={"Retry-After": "1"})
+        return web.Response(status=204)
+
+    fake.judge = judge
+    batch = items(sample_events()[0][0])
+    async with aiohttp.ClientSession() as session:
+        outcome = await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver(batch)
+    assert outcome is not None and outcome.delivered == batch
+    assert arrivals[1] - arrivals[0] >= 0.95  # FAST_RETRY alone would wait at most 0.05 s
+
+
+def test_retry_after_reads_seconds_and_http_dates() -> None:
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=120)
+    assert _retry_after("7") == 7.0
+    assert 100 < (_retry_after(email.utils.format_datetime(soon, usegmt=True)) or 0) <= 120
+    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past: no extra wait
+    assert _retry_after("soon") is None
+    assert _retry_after(None) is None
+
+
+async def test_stop_abandons_a_request_in_flight(fake: FakePrefect) -> None:
+    release = asyncio.Event()
+
+    async def judge(body: bytes) -> tuple[int, bytes]:
+        await release.wait()  # a server that hangs until the test is over
+        return 204, b""
+
+    fake.judge = judge
+    stop = asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        sink = PrefectSink(session, fake.api_url, retry=FAST_RETRY, stop=stop)
+        task = asyncio.create_task(sink.deliver(items(sample_events()[0][0])))
+        async with asyncio.timeout(10):
+            while not fake.bodies:
+                await asyncio.sleep(0.01)
+        stop.set()
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(task, timeout=5) is None
+    assert asyncio.get_running_loop().time() - started < 1.0
+    release.set()
+
+
+async def test_retries_log_at_info_then_warning(fake: FakePrefect, caplog: pytest.LogCaptureFixture) -> None:
+    fake.responses = [(503, b"busy")] * (FAST_RETRY.attempts + 2)
+    caplog.set_level(logging.INFO, logger="topology.forward")
+    async with aiohttp.ClientSession() as session:
+        sink = PrefectSink(session, fake.api_url, retry=FAST_RETRY)
+        assert await sink.deliver(items(sample_events()[0][0]))
+    levels = [r.levelname for r in caplog.records if "failed (try" in r.getMessage()]
+    assert levels == ["INFO"] * FAST_RETRY.attempts + ["WARNING"] * 2
+
+
+def test_request_bodies_stay_within_the_byte_limit() -> None:
+    batch = [_Item(SimpleNamespace(value=b'{"id":"%d"}' % i), str(i), "e") for i in range(3)]  # 10 B
+    assert len(_body(batch[:2])) == 23
+    assert [len(c) for c in _chunks(batch, 23)] == [2, 1]
+    assert [len(c) for c in _chunks(batch, 22)] == [1, 1, 1]
+    assert [len(c) for c in _chunks(batch, 34)] == [3]
+    assert [len(c) for c in _chunks(batch, 5)] == [1, 1, 1]  # one event is always sent
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("http://127.0.0.1:99999/api", "not a valid URL"),
+        ("ftp://prefect/api", "not an http"),
+        ("http:///api", "not an http"),
+        ("http://prefect:0/api", "ports are 1-65535"),
+    ],
+)
+def test_a_bad_api_url_is_refused_up_front(url: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        events_url(url)
+    assert events_url("https://prefect.example:4200/api/") == "https://prefect.example:4200/api/events"
+
+
+@pytest.mark.parametrize("status", [401, 403, 404, 405, 407, 304])
 async def test_sink_stops_on_a_configuration_error(fake: FakePrefect, status: int) -> None:
     fake.default = (status, b'{"detail": "nope"}')
     async with aiohttp.ClientSession() as session:

@@ -222,11 +222,13 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_forward(args: argparse.Namespace) -> int:
     from topology import logs
-    from topology.forward import forward
+    from topology.forward import events_url, forward
 
     settings = _settings(args)
-    if not args.to.startswith(("http://", "https://")):
-        raise UsageError(f"--to must be an http(s) URL, got {args.to!r}")
+    try:
+        events_url(args.to)
+    except ValueError as exc:
+        raise UsageError(f"--to: {exc}") from None
     if args.forward_batch_size < 1:
         raise UsageError("--forward-batch-size must be >= 1")
     logs.configure(settings)  # as the worker does: log_level and log_format apply

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime as dt
+import email.utils
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,7 @@ import aiohttp
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
+from yarl import URL
 
 from topology.admin import wait_for_broker
 from topology.config import Settings
@@ -52,20 +55,42 @@ _OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, S
 MAX_EVENT_BYTES = 1_500_000
 _RECEIVED_FIELD_BYTES = 64
 
-# 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter
-# (1xx and 3xx that aiohttp did not resolve are treated the same way).
-_FATAL_STATUSES = frozenset({401, 403, 404, 405})
+# 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter.
+_FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
 # 4xx that are worth retrying like a 5xx.
 _RETRY_STATUSES = frozenset({408, 425, 429})
+# 4xx that an event itself causes: invalid (422) or too large (413).
+_EVENT_STATUSES = frozenset({413, 422})
+_NOT_JUDGED = _FATAL_STATUSES | _RETRY_STATUSES
+# A Retry-After longer than this is not waited out in one go (the server is asked again).
+MAX_RETRY_AFTER_S = 600.0
 
 
 class ForwardError(RuntimeError):
     """The Prefect server refuses every request (bad URL or credentials): stop, commit nothing."""
 
 
+def events_url(api_url: str) -> str:
+    """`{api_url}/events`, or ValueError naming what is wrong with `api_url`."""
+    try:
+        url = URL(api_url)
+        port = url.port  # yarl raises ValueError for a port outside 0-65535
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{api_url!r} is not a valid URL: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"{api_url!r} is not an http(s) URL with a host")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"{api_url!r} has port {port}; ports are 1-65535")
+    return api_url.rstrip("/") + "/events"
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter; after `attempts` tries it keeps trying at `cap`."""
+    """Exponential backoff, each wait drawn between half and all of the step (equal jitter).
+
+    The step doubles from `base` up to `cap`; the first `attempts` failed tries of a request are
+    logged at INFO, later ones at WARNING. It never gives up: only `stop` ends the retries.
+    """
 
     base: float = 0.2
     cap: float = 30.0
@@ -92,6 +117,14 @@ class _Outcome:
     rejected: list[tuple[_Item, str, str]] = field(default_factory=list)  # item, code, reason
 
 
+@dataclass(frozen=True)
+class _Answer:
+    status: int
+    body: bytes
+    retry_after: float | None = None
+    location: str | None = None
+
+
 def auth_headers(api_key: str | None = None, auth_string: str | None = None) -> dict[str, str]:
     """The Authorization header Prefect's HTTP client sends: basic auth string, else bearer key."""
     if auth_string:
@@ -106,7 +139,9 @@ class PrefectSink:
     """POSTs batches of raw event JSON to `{api_url}/events`, retrying until they are accepted.
 
     `deliver` returns only when every event was either accepted or permanently rejected, or when
-    `stop` is set (then it returns None and the caller must not commit).
+    `stop` is set (then it returns None and the caller must not commit). Only Prefect's own
+    answer, `204`, counts as accepted: redirects are not followed (a proxy's login page is not a
+    delivery) and other 2xx stop the sink like a wrong URL does.
     """
 
     def __init__(
@@ -119,38 +154,47 @@ class PrefectSink:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._session = session
-        self.url = api_url.rstrip("/") + "/events"
+        self.url = events_url(api_url)
         self._retry = retry or RetryPolicy()
         self._stop = stop or asyncio.Event()
         self._headers = {"Content-Type": "application/json", **(headers or {})}
 
     async def deliver(self, items: Sequence[_Item]) -> _Outcome | None:
+        return await self._deliver(items, endpoint_ok=False)
+
+    async def _deliver(self, items: Sequence[_Item], *, endpoint_ok: bool) -> _Outcome | None:
         outcome = _Outcome()
         pending = list(items)
         while pending:
-            response = await self._post(pending)
-            if response is None:
+            answer = await self._post(_body(pending), len(pending))
+            if answer is None:
                 return None
-            status, body = response
-            if 200 <= status < 300:
+            if answer.status == 204:
                 outcome.delivered.extend(pending)
                 return outcome
-            if status == 422:
-                errors = _errors_by_index(body, len(pending))
+            if answer.status == 422:
+                errors = _errors_by_index(answer.body, len(pending))
                 if errors:
                     for index, reason in sorted(errors.items()):
                         outcome.rejected.append((pending[index], "rejected_by_server", reason))
                     pending = [it for i, it in enumerate(pending) if i not in errors]
                     continue
+            if answer.status not in _EVENT_STATUSES and not endpoint_ok:
+                # A 400 or 415 may come from a proxy that refuses every request: then every
+                # event would be dead-lettered. An empty list is valid to Prefect; if the server
+                # takes it, the events are to blame.
+                if not await self._accepts_empty_list(answer):
+                    return None
+                endpoint_ok = True
             if len(pending) == 1:
-                reason = f"HTTP {status}: {_describe(body)}"
-                code = "event_too_large" if status == 413 else "rejected_by_server"
+                reason = f"HTTP {answer.status}: {_describe(answer.body)}"
+                code = "event_too_large" if answer.status == 413 else "rejected_by_server"
                 outcome.rejected.append((pending[0], code, reason))
                 return outcome
             # A rejection not attributed to single events: halve until each one is judged alone.
             half = len(pending) // 2
             for part in (pending[:half], pending[half:]):
-                sub = await self.deliver(part)
+                sub = await self._deliver(part, endpoint_ok=endpoint_ok)
                 if sub is None:
                     return None
                 outcome.delivered.extend(sub.delivered)
@@ -158,39 +202,109 @@ class PrefectSink:
             return outcome
         return outcome
 
-    async def _post(self, items: Sequence[_Item]) -> tuple[int, bytes] | None:
-        """One request, retried on connection errors, timeouts, 5xx and 408/425/429."""
-        body = b"[" + b",".join(it.record.value for it in items) + b"]"
+    async def _accepts_empty_list(self, refused: _Answer) -> bool:
+        """True when the server takes `[]`; ForwardError when it refuses that too; False if stopped."""
+        answer = await self._post(b"[]", 0)
+        if answer is None:
+            return False
+        if answer.status != 204:
+            raise ForwardError(
+                f"Prefect server at {self.url} answered HTTP {refused.status} "
+                f"({_describe(refused.body)}) and HTTP {answer.status} to an empty list of "
+                "events: it refuses every request; check the API URL, proxy and credentials"
+            )
+        return True
+
+    async def _post(self, body: bytes, count: int) -> _Answer | None:
+        """One request, retried on connection errors, timeouts, 5xx and 408/425/429.
+
+        None when `stop` was set; an in-flight request is abandoned then (the caller commits
+        nothing, and the server drops the re-sent events by id).
+        """
         attempt = 0
         while not self._stop.is_set():
             try:
-                async with self._session.post(self.url, data=body, headers=self._headers) as resp:
-                    status, text = resp.status, await resp.read()
-                if status < 500 and status not in _RETRY_STATUSES:
-                    if status in _FATAL_STATUSES or status < 200 or 300 <= status < 400:
-                        raise ForwardError(
-                            f"Prefect server at {self.url} answered HTTP {status} "
-                            f"({_describe(text)}): check the API URL and credentials"
-                        )
-                    return status, text
-                problem = f"HTTP {status}: {_describe(text)}"
+                answer = await self._unless_stopped(self._request(body))
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                problem = f"{type(exc).__name__}: {exc}"
+                answer, problem = None, f"{type(exc).__name__}: {exc}"
+            else:
+                if answer is None:
+                    return None
+                status = answer.status
+                if status == 204 or (400 <= status < 500 and status not in _NOT_JUDGED):
+                    return answer
+                if status < 500 and status not in _RETRY_STATUSES:
+                    raise ForwardError(
+                        f"Prefect server at {self.url} answered HTTP {status}"
+                        + (f" redirecting to {answer.location}" if answer.location else "")
+                        + f" ({_describe(answer.body)}) where Prefect answers 204: "
+                        "check the API URL and credentials"
+                    )
+                problem = f"HTTP {status}: {_describe(answer.body)}"
             delay = self._retry.delay(attempt)
+            if answer is not None and answer.retry_after is not None:
+                delay = max(delay, min(answer.retry_after, MAX_RETRY_AFTER_S))
             attempt += 1
-            level = logging.INFO if attempt < self._retry.attempts else logging.WARNING
+            level = logging.INFO if attempt <= self._retry.attempts else logging.WARNING
             log.log(
                 level,
                 "Prefect server POST %s failed (try %d, %d events): %s; retrying in %.1fs",
                 self.url,
                 attempt,
-                len(items),
+                count,
                 problem,
                 delay,
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), timeout=delay)
         return None
+
+    async def _request(self, body: bytes) -> _Answer:
+        async with self._session.post(
+            self.url, data=body, headers=self._headers, allow_redirects=False
+        ) as resp:
+            return _Answer(
+                resp.status,
+                await resp.read(),
+                _retry_after(resp.headers.get("Retry-After")),
+                resp.headers.get("Location"),
+            )
+
+    async def _unless_stopped(self, request: Coroutine[Any, Any, _Answer]) -> _Answer | None:
+        """The request's answer, or None as soon as `stop` is set (the request is cancelled)."""
+        sending = asyncio.ensure_future(request)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not sending.done():
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
+        if sending.cancelled():
+            return None
+        return sending.result()
+
+
+def _body(items: Sequence[_Item]) -> bytes:
+    return b"[" + b",".join(it.record.value for it in items) + b"]"
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date), if any."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _describe(body: bytes, limit: int = 500) -> str:
@@ -401,15 +515,15 @@ async def _forward_batch(
 def _chunks(items: Sequence[_Item], max_bytes: int) -> list[list[_Item]]:
     """Split a batch so that no request body is over `max_bytes` (one event is always allowed)."""
     chunks: list[list[_Item]] = []
-    size = 0
+    size = 0  # of the body so far: "[" + values joined by "," + "]"
     for item in items:
-        length = len(item.record.value) + 1
+        length = len(item.record.value) + 1  # the value and its "," (or the closing "]")
         if chunks and size + length <= max_bytes:
             chunks[-1].append(item)
             size += length
         else:
             chunks.append([item])
-            size = length
+            size = 1 + length
     return chunks
 
 
