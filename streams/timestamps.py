@@ -14,8 +14,12 @@ _US = timedelta(microseconds=1)
 _MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _US
 
 
-def parse(value: object, where: str) -> int:
-    """ISO 8601 → microseconds since the epoch (UTC). Naive times are taken as UTC, as Prefect does."""
+def parse(value: object, where: str, *, rendered: bool = True) -> int:
+    """ISO 8601 → microseconds since the epoch (UTC). Naive times are taken as UTC, as Prefect does.
+
+    A time that is `rendered` (an event's `occurred`, which also feeds its UUIDv7 id) must lie in
+    1970..9999 UTC; one that only ranks (an artifact's `created`) may be any instant datetime reads.
+    """
     if not isinstance(value, str):
         raise Invalid("wrong_type", f"{where} must be an ISO 8601 string, got {type_name(value)}")
     text = value.strip()
@@ -30,7 +34,7 @@ def parse(value: object, where: str) -> int:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     micros = (parsed - _EPOCH) // _US
-    if not 0 <= micros <= _MAX_US:
+    if rendered and not 0 <= micros <= _MAX_US:
         raise Invalid("invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}")
     return micros
 

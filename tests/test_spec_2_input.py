@@ -480,21 +480,29 @@ BAD_TIMESTAMPS = [
     "2026-11-24T25:00:00Z",
     "2026-11-24T10:00:00+25:00",
     "2026-11-24T10:00:00Zjunk",
+]
+# Event times only: `occurred` is rendered and feeds the UUIDv7 id; `created` only ranks.
+UNRENDERABLE = [
     "1969-12-31T23:59:59.999999Z",  # before the epoch: no UUIDv7 timestamp
     "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC: cannot be rendered
 ]
 
 
-@pytest.mark.parametrize("bad", BAD_TIMESTAMPS, ids=repr)
+_CREATED = ("artifact.created", lambda v: _set(h.create(), v, "artifact", "created"))
+_OCCURRED = [
+    ("occurred", lambda v: h.create(occurred=v)),
+    ("occurred", lambda v: _set(h.update(), v, "occurred")),
+    ("occurred", lambda v: _set(h.delete(), v, "occurred")),
+]
+_OCCURRED_IDS = ["create.occurred", "update.occurred", "delete.occurred"]
+
+
 @pytest.mark.parametrize(
-    "where, build",
-    [
-        ("occurred", lambda v: h.create(occurred=v)),
-        ("artifact.created", lambda v: _set(h.create(), v, "artifact", "created")),
-        ("occurred", lambda v: _set(h.update(), v, "occurred")),
-        ("occurred", lambda v: _set(h.delete(), v, "occurred")),
-    ],
-    ids=["create.occurred", "create.created", "update.occurred", "delete.occurred"],
+    "where, build, bad",
+    [(*w, bad) for w in [*_OCCURRED, _CREATED] for bad in BAD_TIMESTAMPS]
+    + [(*w, bad) for w in _OCCURRED for bad in UNRENDERABLE],
+    ids=[f"{n}-{bad!r}" for n in [*_OCCURRED_IDS, "create.created"] for bad in BAD_TIMESTAMPS]
+    + [f"{n}-{bad!r}" for n in _OCCURRED_IDS for bad in UNRENDERABLE],
 )
 def test_artifact_invalid_timestamp(where, build, bad):
     why = _rejected(build(bad))
@@ -503,7 +511,16 @@ def test_artifact_invalid_timestamp(where, build, bad):
     assert repr(bad[:64]) in why.reason
 
 
-@pytest.mark.parametrize("bad", BAD_TIMESTAMPS, ids=repr)
+@pytest.mark.parametrize("created", UNRENDERABLE, ids=repr)
+def test_created_outside_1970_to_9999_only_ranks_so_it_is_accepted(created):
+    message = _set(h.create(h.uid(1), key="k"), created, "artifact", "created")
+    assert h.names(_events([message])) == [
+        "prefect.artifact-collection.created",
+        "prefect.artifact.created",
+    ]
+
+
+@pytest.mark.parametrize("bad", BAD_TIMESTAMPS + UNRENDERABLE, ids=repr)
 def test_task_result_invalid_timestamp(bad):
     why = _rejected(_set(h.task_result(), bad, "occurred"), "assets")
     assert why.code == "invalid_timestamp"

@@ -135,6 +135,16 @@ def test_equal_created_ties_go_to_the_greater_id(order):
         assert h.names(events) == [ART_CREATED]
 
 
+def test_a_created_before_1970_ranks_below_every_later_one():
+    """`created` only ranks, so an instant the event ids could not carry is still a member."""
+    run = Run()
+    later, ancient = h.create(V1, KEY, 0, created=-1), h.create(V2, KEY, 1)
+    ancient["artifact"]["created"] = "1969-07-20T20:17:40Z"
+    assert run.feed(later) == [coll_event(CREATED, later, 0, later), created_event(later)]
+    assert run.feed(ancient) == [created_event(ancient)]
+    assert run.feed(h.delete(V1, 2)) == [coll_event(UPDATED, None, 2, ancient, collection_id(KEY, V1))]
+
+
 def test_latest_is_decided_by_event_time_not_arrival_order():
     creates = [h.create(V1, KEY, 0, created=3), h.create(V2, KEY, 1, created=1),
                h.create(V3, KEY, 2, created=2)]
