@@ -135,6 +135,16 @@ def test_equal_created_ties_go_to_the_greater_id(order):
         assert h.names(events) == [ART_CREATED]
 
 
+def test_created_digits_below_the_microsecond_are_dropped_so_such_creates_tie():
+    run = Run()
+    big, small = h.create(V2, KEY, 0), h.create(V1, KEY, 1)
+    big["artifact"]["created"] = "2026-11-24T10:00:00.1234561Z"
+    small["artifact"]["created"] = "2026-11-24T10:00:00.1234569Z"
+    run.feed(big)
+    assert run.feed(small) == [created_event(small)]
+    assert run.pipeline.collections[KEY].latest == V2
+
+
 def test_a_created_before_1970_ranks_below_every_later_one():
     """`created` only ranks, so an instant the event ids could not carry is still a member."""
     run = Run()
