@@ -233,6 +233,34 @@ def test_unreachable_broker_is_one_line_and_exit_1(args: list[str]) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("data_dir", "problem"),
+    [
+        ("a-file", "'{tmp}/a-file' is not a directory"),
+        ("a-file/tables", "cannot write to '{tmp}/a-file/tables': Not a directory"),
+        ("/proc/prefect-events", "cannot write to '/proc/prefect-events': No such file or directory"),
+    ],
+    ids=["a file", "under a file", "not writable"],
+)
+def test_worker_data_dir_it_cannot_write_is_one_line_before_kafka(
+    data_dir: str, problem: str, tmp_path: Path
+) -> None:
+    """RocksDB would fail only once partitions are assigned, one traceback per table partition."""
+    (tmp_path / "a-file").write_text("")
+    path = data_dir if data_dir.startswith("/") else str(tmp_path / data_dir)
+    result = cli("worker", "--data-dir", path, *UNREACHABLE)
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: data_dir: {problem.format(tmp=tmp_path)}\n",
+    )
+
+
+def test_worker_creates_a_missing_data_dir(tmp_path: Path) -> None:
+    result = cli("worker", "--data-dir", str(tmp_path / "new" / "data"), *UNREACHABLE)
+    assert (tmp_path / "new" / "data").is_dir()
+    assert result.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in result.stderr.decode()
+
+
 def test_forward_batch_size_below_1_is_one_line() -> None:
     result = cli("forward", "--to", "http://127.0.0.1:1/api", "--forward-batch-size", "0")
     assert (result.returncode, result.stderr.decode()) == (

@@ -324,6 +324,97 @@ def test_metrics_count_a_known_input(start_worker: StartWorker, bootstrap_server
     assert _get(f"http://127.0.0.1:{port}/readyz")[0] == 200
 
 
+def test_health_answers_before_the_worker_is_ready(start_worker: StartWorker) -> None:
+    """Liveness from the start, readiness only once the tables are recovered: a probe during a
+    long recovery must not see a dead process (its port closed) and restart it."""
+    port = _free_port()
+    worker = start_worker(1, 1, metrics_port=str(port), metrics_host="127.0.0.1")
+    readiness: list[int] = []
+    deadline = time.monotonic() + 60
+    while not readiness or readiness[-1] != 200:
+        assert time.monotonic() < deadline and worker.process.poll() is None, worker.log.read_text()
+        try:
+            readiness.append(_get(f"http://127.0.0.1:{port}/readyz")[0])
+        except OSError:  # not listening yet
+            time.sleep(0.02)
+            continue
+        if readiness[-1] == 503:
+            assert _get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+    assert readiness[0] == 503 and set(readiness) == {503, 200}
+    log = worker.log.read_text()
+    assert log.index(f"metrics on http://127.0.0.1:{port}/metrics") < log.index("Worker ready")
+
+
+def test_metrics_port_in_use_is_one_line_before_joining_the_group(start_worker: StartWorker) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = start_worker(1, 1, metrics_port=str(port), metrics_host="127.0.0.1")
+        assert worker.process.wait(timeout=60) == 2
+    assert worker.log.read_text().splitlines()[-1] == (
+        f"prefect-events: error: metrics_port: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (0 disables the metrics server)"
+    )
+    assert "Traceback" not in worker.log.read_text()
+
+
+def test_sigterm_with_the_broker_gone_exits_after_shutdown_timeout(tmp_path: Path) -> None:
+    """Faust's stop waits for the broker without a bound; the worker's own bound ends it with a
+    line that says why, and the uncommitted input is replayed after the restart."""
+    from topology.embedded_broker import EmbeddedBroker
+
+    with EmbeddedBroker() as broker:
+        env = _env(broker.bootstrap_servers, 1, 1)
+        port = _free_port()
+        env.update(
+            as_environ(
+                {
+                    "session_timeout_s": 2,
+                    "changelog_batch_records": 1,
+                    "shutdown_timeout_s": 3,
+                    "metrics_port": port,
+                    "metrics_host": "127.0.0.1",
+                }
+            )
+        )
+        log = tmp_path / "worker.log"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "topology.cli", "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while _ready(port) != 200:
+                assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+                time.sleep(0.1)
+            broker.stop()
+            process.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            assert process.wait(timeout=30) == 75
+            assert 3 <= time.monotonic() - signalled < 10
+        finally:
+            if process.poll() is None:
+                process.kill()
+    assert (
+        "ERROR prefect_events: shutdown on SIGTERM did not finish within 3s (shutdown_timeout_s; is "
+        "the broker reachable?): exiting now; input processed but not committed is read again on "
+        "restart"
+    ) in log.read_text()
+
+
+def _ready(port: int) -> int | None:
+    try:
+        return _get(f"http://127.0.0.1:{port}/readyz")[0]
+    except OSError:
+        return None
+
+
 def test_sigterm_finishes_commits_and_exits_cleanly(
     start_worker: StartWorker, bootstrap_servers: str
 ) -> None:

@@ -315,9 +315,11 @@ class Worker:
         return consumer
 
     def ready(self) -> bool:
-        """Assigned partitions and recovered tables: safe to route traffic and roll on."""
-        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
-        return bool(recovery.completed.is_set() and not self.app.rebalancing)
+        """Assigned partitions and recovered tables: safe to route traffic and roll on. Asked
+        from before the app starts (the health server listens first), when Faust has not made its
+        recovery service yet: asking for it then would make it outside the app's start-up."""
+        recovery = getattr(self.app.tables, "_recovery", None)
+        return bool(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
 
     # --- I/O --------------------------------------------------------------------------------------
 

@@ -117,6 +117,13 @@ class Settings:
             "own (700), which cost the worker ~20% of its throughput"
         },
     )
+    shutdown_timeout_s: float = field(
+        default=25.0,
+        metadata={
+            "help": "longest a SIGTERM/SIGINT shutdown may take before the worker exits anyway "
+            "(code 75); keep it below the orchestrator's grace period"
+        },
+    )
     metrics_port: int = field(default=9309, metadata={"help": "0 disables the metrics server"})
     metrics_host: str = "0.0.0.0"
     log_level: str = "INFO"
@@ -272,6 +279,7 @@ def validate(s: Settings) -> None:
         ("lineage_retention_days", 36_500),
         ("broker_wait_s", 86_400),
         ("commit_interval_s", 3_600),
+        ("shutdown_timeout_s", 3_600),
     ):
         value = getattr(s, name)
         if not 0 < value <= high:

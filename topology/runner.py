@@ -1,7 +1,8 @@
 """Running the worker process: broker check, topics, metrics server, Faust worker, shutdown.
 
 Faust's worker installs SIGTERM/SIGINT handlers that stop the agents, flush the producer and
-commit what was processed before the process exits.
+commit what was processed before the process exits; `shutdown_timeout_s` bounds how long that may
+take.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import dataclasses
 import gc
 import logging
 import os
+import signal
+import tempfile
+import threading
 from collections.abc import Callable, Mapping
 
 import faust
 
 from topology import admin, diagnostics, logs
 from topology.app import TopicNames, Worker
-from topology.config import Settings
+from topology.config import ConfigError, Settings
 from topology.embedded_broker import EmbeddedBroker
-from topology.metrics import Metrics, serve
+from topology.metrics import Metrics, MetricsServer, serve
 
 log = logging.getLogger("prefect_events")
 
@@ -66,14 +70,38 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
     worker = Worker(settings, metrics)
     worker.app.task(diagnostics.install)
     diagnostics.reports.append(lambda: worker.consumer.describe())
-    if settings.metrics_port:
-
-        async def serve_metrics() -> None:
-            await serve(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
-            log.info("metrics on http://%s:%d/metrics", settings.metrics_host, settings.metrics_port)
-
-        worker.app.task(serve_metrics)
     return worker
+
+
+async def serve_health(worker: Worker, settings: Settings) -> MetricsServer:
+    """Listen before Faust starts, on the loop it will run: /healthz answers and /readyz says 503
+    while the tables recover (minutes, with much state), and a port in use is one line at start
+    rather than a traceback from inside a worker that has joined its group."""
+    try:
+        server = await serve(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
+    except OSError as exc:
+        raise ConfigError(
+            f"metrics_port: cannot listen on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc} (0 disables the metrics server)"
+        ) from None
+    log.info("metrics on %s/metrics", server.url)
+    return server
+
+
+def check_data_dir(settings: Settings) -> None:
+    """RocksDB opens its files only once partitions are assigned, and a directory it cannot write
+    was a traceback per table partition from a worker that had joined its group: checked first."""
+    if not settings.store.startswith("rocksdb://"):
+        return
+    path = settings.data_dir
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"data_dir: {path!r} is not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"data_dir: cannot write to {path!r}: {exc.strerror or exc}") from None
 
 
 def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
@@ -109,10 +137,36 @@ def log_overrides(before: Settings, after: Settings, write: Callable[[str], obje
 
 class _FaustWorker(faust.Worker):
     """Faust's worker, minus the debugger that mode starts on SIGUSR2 (from the first moment:
-    a recovery can take minutes before the app's tasks run)."""
+    a recovery can take minutes before the app's tasks run), and with a bound on shutdown."""
+
+    shutdown_timeout_s: float = 0.0
+    on_forced_exit: Callable[[], None] = staticmethod(lambda: None)
 
     def _on_sigusr2(self) -> None:
         diagnostics.ignore_debugger_signal()
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        """Faust's stop waits for the broker (the commit, leaving the group) without a bound: with
+        the broker gone it never ended, and an orchestrator's SIGKILL came without a word."""
+        if not self._signal_stop_time and self.shutdown_timeout_s:
+            watchdog = threading.Timer(self.shutdown_timeout_s, self._force_exit, args=(signal,))
+            watchdog.daemon = True
+            watchdog.start()
+        super()._schedule_shutdown(signal)
+
+    def _force_exit(self, signal: signal.Signals) -> None:
+        log.error(
+            "shutdown on %s did not finish within %gs (shutdown_timeout_s; is the broker "
+            "reachable?): exiting now; input processed but not committed is read again on restart",
+            signal.name,
+            self.shutdown_timeout_s,
+        )
+        self.on_forced_exit()
+        logging.shutdown()
+        os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+
+EXIT_SHUTDOWN_TIMEOUT = 75  # EX_TEMPFAIL: nothing is lost, the restart replays the uncommitted tail
 
 
 def run_worker(
@@ -124,6 +178,7 @@ def run_worker(
     """Run until SIGTERM/SIGINT. With `embedded_broker`, a Tansu broker lives as long as we do."""
     limit_malloc_arenas()
     logs.configure(settings)
+    check_data_dir(settings)
     broker = None
     if embedded_broker:
         broker = EmbeddedBroker().start()
@@ -136,16 +191,22 @@ def run_worker(
             loop.run_until_complete(prepare(settings))
         finally:
             loop.close()
-        asyncio.set_event_loop(asyncio.new_event_loop())
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)  # Faust's worker runs the loop it finds set
         if on_ready is not None:
             on_ready(settings)
         worker = build(settings)
+        if settings.metrics_port:
+            loop.run_until_complete(serve_health(worker, settings))
         faust_worker = _FaustWorker(
             worker.app,
             loglevel=settings.log_level.upper(),
             logging_config=logs.logging_config(settings),
             redirect_stdouts=False,
         )
+        faust_worker.shutdown_timeout_s = settings.shutdown_timeout_s
+        if broker is not None:
+            faust_worker.on_forced_exit = broker.stop
         # At WARNING and above Faust adds a terminal spinner and lowers the root logger to DEBUG,
         # so every library debug call builds a record (~7% of CPU measured): no spinner.
         faust_worker.spinner = None
