@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -25,6 +27,34 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+class QuietRepeats(logging.Filter):
+    """aiokafka logs each failed attempt to reach a broker: about 75 ERROR lines a second while
+    Kafka is down, which buried everything else and filled disks. Of its records with the same
+    logger, level and message template, the first passes, the others are counted for `window_s`;
+    the next to pass after that says how many were held back. Other loggers pass untouched."""
+
+    def __init__(
+        self, prefix: str = "aiokafka", window_s: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.prefix, self.window_s, self.clock = prefix, window_s, clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # -> [passed at, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefix):
+            return True
+        now = self.clock()
+        key = (record.name, record.levelno, str(record.msg))
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.window_s:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = f"{record.msg} [{seen[1]:.0f} more like this in the {now - seen[0]:.0f}s before]"
+        self._seen[key] = [now, 0]
+        return True
+
+
 def logging_config(settings: Settings) -> dict[str, Any]:
     """A dictConfig for Faust's worker (it installs logging itself and takes this as-is)."""
     formatter: dict[str, Any]
@@ -42,8 +72,10 @@ def logging_config(settings: Settings) -> dict[str, Any]:
                 "class": "logging.StreamHandler",
                 "formatter": "default",
                 "stream": "ext://sys.stderr",
+                "filters": ["quiet_repeats"],
             }
         },
+        "filters": {"quiet_repeats": {"()": f"{__name__}.QuietRepeats"}},
         "root": {"handlers": ["stderr"], "level": settings.log_level.upper()},
     }
 
