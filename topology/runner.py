@@ -141,6 +141,7 @@ class _FaustWorker(faust.Worker):
 
     shutdown_timeout_s: float = 0.0
     on_forced_exit: Callable[[], None] = staticmethod(lambda: None)
+    _watchdog: threading.Timer | None = None
 
     def _on_sigusr2(self) -> None:
         diagnostics.ignore_debugger_signal()
@@ -149,10 +150,15 @@ class _FaustWorker(faust.Worker):
         """Faust's stop waits for the broker (the commit, leaving the group) without a bound: with
         the broker gone it never ended, and an orchestrator's SIGKILL came without a word."""
         if not self._signal_stop_time and self.shutdown_timeout_s:
-            watchdog = threading.Timer(self.shutdown_timeout_s, self._force_exit, args=(signal,))
-            watchdog.daemon = True
-            watchdog.start()
+            self._watchdog = threading.Timer(self.shutdown_timeout_s, self._force_exit, args=(signal,))
+            self._watchdog.daemon = True
+            self._watchdog.start()
         super()._schedule_shutdown(signal)
+
+    def shutdown_finished(self) -> None:
+        """Faust's shutdown is over: what is left (stopping the embedded broker) is not its wait."""
+        if self._watchdog is not None:
+            self._watchdog.cancel()
 
     def _force_exit(self, signal: signal.Signals) -> None:
         log.error(
@@ -211,7 +217,10 @@ def run_worker(
         # so every library debug call builds a record (~7% of CPU measured): no spinner.
         faust_worker.spinner = None
         log.debug("garbage collection thresholds %s", tune_gc(settings.gc_gen0_threshold))
-        faust_worker.execute_from_commandline()
+        try:
+            faust_worker.execute_from_commandline()
+        finally:
+            faust_worker.shutdown_finished()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
