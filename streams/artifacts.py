@@ -8,6 +8,7 @@ from streams import envelope
 from streams.context import run_context_related
 from streams.envelope import Event, Labels, related_entry
 from streams.messages import ArtifactCreate, ArtifactUpdate, Json
+from streams.timestamps import Instant
 
 ARTIFACT_CREATED = "prefect.artifact.created"
 ARTIFACT_UPDATED = "prefect.artifact.updated"
@@ -21,7 +22,7 @@ class Version:
     """What a collection event needs of one live artifact of its key."""
 
     id: str
-    created_us: int
+    created_us: Instant
     type: str | None
     data: Json
     description: str | None
@@ -29,7 +30,7 @@ class Version:
     task_run_id: str | None
 
     @property
-    def rank(self) -> tuple[int, str]:
+    def rank(self) -> tuple[Instant, str]:
         """Latest = greatest `created`, ties broken by the greater id: decided by event time."""
         return (self.created_us, self.id)
 

@@ -16,6 +16,7 @@ from streams.artifacts import (
 from streams.envelope import Event
 from streams.members import Members, Rank
 from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, ArtifactUpdate
+from streams.timestamps import Instant
 
 _NAMESPACE = uuid.UUID("5d3c4a8e-6f1b-4f0e-9a57-0c2b8e1d7a42")
 
@@ -33,7 +34,7 @@ class Collection:
 
     id: str
     latest: str
-    latest_created_us: int
+    latest_created_us: Instant
 
     @property
     def latest_rank(self) -> Rank:

@@ -21,6 +21,7 @@ from typing import Any
 from streams.artifacts import Version
 from streams.collection import Collection
 from streams.members import INLINE, MemberPages
+from streams.timestamps import instant_from_json
 
 
 @dataclass(slots=True)
@@ -53,7 +54,11 @@ def decode(
     if "seq" not in members:  # from before pages
         legacy = Collection(value["id"], value["latest"], members[value["latest"]])
         return CollectionState(legacy, MemberPages(None, load_page, stored_page, inline=members))
-    coll = None if "id" not in value else Collection(value["id"], value["latest"], value["created"])
+    coll = (
+        None
+        if "id" not in value
+        else Collection(value["id"], value["latest"], instant_from_json(value["created"]))
+    )
     return CollectionState(coll, MemberPages(members, load_page, stored_page))
 
 
@@ -79,4 +84,7 @@ def version_from_json(artifact_id: str, value: list[Any], as_of: int) -> tuple[V
         if prior is None:
             return None
         data, description = prior
-    return Version(artifact_id, created, type_, data, description, flow_run_id, task_run_id), page
+    version = Version(
+        artifact_id, instant_from_json(created), type_, data, description, flow_run_id, task_run_id
+    )
+    return version, page

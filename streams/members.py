@@ -26,13 +26,15 @@ from typing import Any, Protocol
 
 import orjson
 
+from streams.timestamps import Instant, instant_from_json, instant_json
+
 PAGE_SIZE = 64  # live members a page takes before a new one is opened
 # Live members kept in the collection record before pages are used: the mixed benchmark's keys
 # have at most ~10; a large key rewrites these ~0.9 KB with every batch that touches it.
 INLINE_SIZE = 16
 INLINE = -1  # the "page" of members kept inside the collection record
 
-Rank = tuple[int, str]  # (created_us, artifact id): the latest is the greatest
+Rank = tuple[Instant, str]  # (created_us, artifact id): the latest is the greatest
 Entry = list[Any]  # [created_us, added (seq), removed (seq) or None]
 
 
@@ -41,7 +43,7 @@ class Members(Protocol):
 
     def __contains__(self, artifact_id: str) -> bool: ...
 
-    def add(self, artifact_id: str, created_us: int) -> None: ...
+    def add(self, artifact_id: str, created_us: Instant) -> None: ...
 
     def remove(self, artifact_id: str) -> None: ...
 
@@ -52,7 +54,7 @@ class Members(Protocol):
 
 @dataclass(slots=True)
 class MemberSet:
-    created: dict[str, int] = field(default_factory=dict)  # artifact id -> created_us
+    created: dict[str, Instant] = field(default_factory=dict)  # artifact id -> created_us
 
     def __contains__(self, artifact_id: str) -> bool:
         return artifact_id in self.created
@@ -60,7 +62,7 @@ class MemberSet:
     def __iter__(self) -> Iterator[str]:
         return iter(self.created)
 
-    def add(self, artifact_id: str, created_us: int) -> None:
+    def add(self, artifact_id: str, created_us: Instant) -> None:
         self.created[artifact_id] = created_us
 
     def remove(self, artifact_id: str) -> None:
@@ -86,14 +88,16 @@ class MemberPages:
         summary: dict[str, Any] | None,
         load_page: Callable[[int], bytes | None],
         stored_page: Callable[[str, int], int | None],
-        inline: dict[str, int] | None = None,
+        inline: dict[str, Any] | None = None,
     ) -> None:
         summary = summary or {}
         self.seq: int = summary.get("seq", 0)
         self.next_page: int = summary.get("next", 0)
         self.open: int | None = summary.get("open")
         # page -> [live count, created_us of its best, id of its best]
-        self.pages: dict[int, list[Any]] = {p[0]: p[1:] for p in summary.get("pages", ())}
+        self.pages: dict[int, list[Any]] = {
+            p[0]: [p[1], instant_from_json(p[2]), p[3]] for p in summary.get("pages", ())
+        }
         self._as_of: int = self.seq
         self._load_page, self._stored_page = load_page, stored_page
         self._entries: dict[int, dict[str, Entry]] = {}
@@ -103,7 +107,9 @@ class MemberPages:
         if inline is None:
             inline = summary.get("inline")
         # Part of the collection record itself, so never ahead of it: no stamps to read them by.
-        self._entries[INLINE] = {aid: [created, 0, None] for aid, created in (inline or {}).items()}
+        self._entries[INLINE] = {
+            aid: [instant_from_json(created), 0, None] for aid, created in (inline or {}).items()
+        }
         if inline:
             self.pages[INLINE] = _summarize(self._entries[INLINE])
 
@@ -113,7 +119,7 @@ class MemberPages:
         entry = self._entry(artifact_id)
         return entry is not None and entry[2] is None
 
-    def add(self, artifact_id: str, created_us: int) -> None:
+    def add(self, artifact_id: str, created_us: Instant) -> None:
         self.stamp()
         entry = self._entry(artifact_id)
         page = None if entry is None else self.page_of(artifact_id)
@@ -209,7 +215,7 @@ class MemberPages:
         """Pages this batch changed, with their removals since the collection record kept as
         stamps: durable before the record (a replay reads them as of it)."""
         for page in sorted(self.changed - {INLINE}):
-            yield page, orjson.dumps(self._entries[page])
+            yield page, orjson.dumps(self._entries[page], default=instant_json)
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -241,8 +247,8 @@ class MemberPages:
         Usually there is nothing to undo and the page is taken as read: a hot key reads its open
         page with every touch, and copying its 64 entries took about as long as parsing them."""
         seq = self.as_of
-        for _, added, removed in stored.values():
-            if added > seq or removed is not None:
+        for created, added, removed in stored.values():
+            if added > seq or removed is not None or type(created) is str:
                 break
         else:
             return stored
@@ -251,7 +257,7 @@ class MemberPages:
             added, removed = entry[1], entry[2]
             if added > seq or (removed is not None and removed <= seq):
                 continue
-            entry[2] = None
+            entry[0], entry[2] = instant_from_json(entry[0]), None
             out[aid] = entry
         return out
 

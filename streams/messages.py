@@ -63,7 +63,7 @@ class Artifact:
     description: str | None
     flow_run_id: str | None
     task_run_id: str | None
-    created_us: int
+    created_us: timestamps.Instant
 
 
 @dataclass(slots=True)
@@ -255,7 +255,7 @@ def _artifact(obj: Mapping[str, Json]) -> Artifact:
         description=_optional_str(obj, "description", p),
         flow_run_id=_optional_uuid(obj, "flow_run_id", p),
         task_run_id=_optional_uuid(obj, "task_run_id", p),
-        created_us=timestamps.parse(_required(obj, "created", p), "artifact.created", rendered=False),
+        created_us=timestamps.parse_instant(_required(obj, "created", p), "artifact.created"),
     )
 
 

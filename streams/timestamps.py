@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal, localcontext
 from functools import lru_cache
+from typing import Any
 
 from streams.errors import Invalid
 
@@ -37,6 +40,39 @@ def parse(value: object, where: str, *, rendered: bool = True) -> int:
     if rendered and not 0 <= micros <= _MAX_US:
         raise Invalid("invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}")
     return micros
+
+
+#: An instant that only ranks (an artifact's `created`), in microseconds since the epoch: an int,
+#: or a Decimal when the input had digits below the microsecond. Python's datetime drops those,
+#: and two creates a few hundred nanoseconds apart must still rank as their times say (SPEC §4).
+Instant = int | Decimal
+
+_FRACTION = re.compile(r"[.,]([0-9]{7,})")
+
+
+def parse_instant(value: object, where: str) -> Instant:
+    """ISO 8601 → microseconds since the epoch, exactly: any instant datetime reads, every digit."""
+    micros = parse(value, where, rendered=False)
+    assert isinstance(value, str)  # parse() refused anything else
+    below = _FRACTION.search(value)
+    rest = below.group(1)[6:].rstrip("0") if below else ""
+    if not rest:
+        return micros
+    with localcontext() as exact:  # datetime truncated toward the past: the rest is added
+        exact.prec = len(str(abs(micros))) + len(rest) + 1
+        return Decimal(micros) + Decimal("0." + rest)
+
+
+def instant_json(value: Any) -> str:
+    """orjson's `default` for state records: a Decimal instant as its exact digits, a JSON string."""
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def instant_from_json(value: Any) -> Any:
+    """An instant as `instant_json` stored it (anything else passes as it is)."""
+    return Decimal(value) if type(value) is str else value
 
 
 def render(micros: int) -> str:

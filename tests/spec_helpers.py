@@ -170,20 +170,24 @@ def create(
     key: str | None = "report",
     at: float = 0.0,
     *,
-    created: float | None = None,
+    created: float | str | None = None,
     ctx: Any = _MISSING,
     drop: Iterable[str] = (),
     occurred: str | None = None,
     **artifact_overrides: Any,
 ) -> dict[str, Any]:
-    """An `op: create`; `at` = occurred (seconds after T0), `created` defaults to `at`."""
+    """An `op: create`; `at` = occurred (seconds after T0), `created` (seconds after T0, or the
+    timestamp itself) defaults to `at`."""
     return _apply(
         {
             "op": "create",
             "occurred": occurred if occurred is not None else ts(at),
             "context": context() if ctx is _MISSING else ctx,
             "artifact": artifact(
-                id, key, ts(at if created is None else created), **artifact_overrides
+                id,
+                key,
+                created if isinstance(created, str) else ts(at if created is None else created),
+                **artifact_overrides,
             ),
         },
         {},

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from contextlib import contextmanager
+from decimal import Decimal
 
 import orjson
 import pytest
@@ -31,7 +32,18 @@ IDS = [h.uid(n) for n in range(1, 9)]
 operations = st.tuples(
     st.sampled_from(["create", "create", "update", "delete"]), st.integers(0, 5), st.integers(0, 9)
 )
-CREATED = st.integers(0, 5)  # few distinct `created`: ties are common
+# Few distinct `created`, so that ties are common; some apart by less than a microsecond, which
+# the state records keep exactly (streams.timestamps.Instant).
+CREATED = st.sampled_from(
+    [
+        "2026-11-24T10:00:00.000001Z",
+        "2026-11-24T10:00:00.0000010004Z",
+        "2026-11-24T10:00:00.00000100041Z",
+        "2026-11-24T10:00:00.0000009999Z",
+        "2026-11-24T10:00:00.000002Z",
+        "1969-12-31T23:59:59.9999995Z",
+    ]
+)
 
 
 def _messages(ops, created):
@@ -235,6 +247,25 @@ def test_a_page_is_read_as_of_its_collection_record():
     assert pages.best() == (3, c) and pages.best(excluding=c) == (1, a)
     pages.remove(c)
     assert dict(pages.written()) == {0: orjson.dumps({a: [1, 1, None], c: [3, 3, 4]})}
+
+
+def test_a_created_below_the_microsecond_is_stored_exactly_and_read_back_as_a_number():
+    """Such an instant is a Decimal, stored as a JSON string of its digits, and read back into
+    a number wherever a record holds one: compared as strings, "999.9999" would beat "1000.5"."""
+    a, b, c, d = IDS[:4]
+    stored = {a: ["1000.5", 1, None], b: [1000, 2, None], c: ["999.9999", 3, None]}
+    summary = {"seq": 3, "next": 1, "open": 0, "pages": [[0, 3, "1000.5", a]], "inline": {d: "999.5"}}
+    pages = MemberPages(summary, lambda page: orjson.dumps(stored), lambda aid, as_of: 0)
+    assert pages.best() == (Decimal("1000.5"), a)
+    assert pages.best(excluding=a) == (1000, b)
+    pages.remove(a)
+    pages.remove(b)
+    assert pages.best() == (Decimal("999.9999"), c)
+    assert dict(pages.written())[0] == orjson.dumps(
+        {a: ["1000.5", 1, 4], b: [1000, 2, 5], c: ["999.9999", 3, None]}
+    )
+    assert pages.summary()["pages"] == [[0, 1, Decimal("999.9999"), c]]
+    assert pages.summary()["inline"] == {d: Decimal("999.5")}
 
 
 def test_a_collection_record_from_before_pages_is_read_and_moves_on():

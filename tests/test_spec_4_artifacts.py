@@ -135,14 +135,31 @@ def test_equal_created_ties_go_to_the_greater_id(order):
         assert h.names(events) == [ART_CREATED]
 
 
-def test_created_digits_below_the_microsecond_are_dropped_so_such_creates_tie():
+@pytest.mark.parametrize(
+    "earlier, later",
+    [
+        ("2026-11-24T10:00:00.1234561Z", "2026-11-24T10:00:00.1234569Z"),
+        ("2026-11-24T10:00:00.123456Z", "2026-11-24T10:00:00.123456000000000000000000000001Z"),
+        ("2026-11-24T10:00:00.1234569Z", "2026-11-24T10:00:00.123457Z"),
+        ("1969-12-31T23:59:59.9999994Z", "1969-12-31T23:59:59.9999995Z"),
+        ("2026-11-24T11:00:00.0000001+01:00", "2026-11-24T10:00:00.0000002Z"),
+    ],
+)
+def test_created_is_compared_to_its_last_digit(earlier, later):
+    """Python's datetime keeps microseconds; the ranking keeps every digit the input gave."""
     run = Run()
-    big, small = h.create(V2, KEY, 0), h.create(V1, KEY, 1)
-    big["artifact"]["created"] = "2026-11-24T10:00:00.1234561Z"
-    small["artifact"]["created"] = "2026-11-24T10:00:00.1234569Z"
-    run.feed(big)
-    assert run.feed(small) == [created_event(small)]
+    first, second = h.create(V2, KEY, 0, created=later), h.create(V1, KEY, 1, created=earlier)
+    run.feed(first)
+    assert run.feed(second) == [created_event(second)]  # the greater id, but created earlier
     assert run.pipeline.collections[KEY].latest == V2
+
+
+def test_created_equal_to_the_last_digit_ties_whatever_the_trailing_zeros():
+    run = Run()
+    run.feed(h.create(V2, KEY, 0, created="2026-11-24T10:00:00.1234565Z"))
+    second = h.create(V3, KEY, 1, created="2026-11-24T10:00:00.123456500Z")
+    assert h.names(run.feed(second)) == [UPDATED, ART_CREATED]  # a tie: the greater id wins
+    assert run.pipeline.collections[KEY].latest == V3
 
 
 def test_a_created_before_1970_ranks_below_every_later_one():

@@ -23,6 +23,7 @@ from streams.errors import Invalid
 from streams.lineage import FlowRunLineage
 from streams.membership import Membership
 from streams.messages import ArtifactCreate, ArtifactUpdate, parse_artifact_op, parse_task_result
+from streams.timestamps import instant_json
 from topology.records import (
     Headers,
     Out,
@@ -69,7 +70,7 @@ class Stamped:
     def dump(self) -> bytes:
         if self.state is None and self.at is not None:
             return orjson.dumps({"seen": self.seen, "state": None, "at": self.at})
-        return orjson.dumps({"seen": self.seen, "state": self.state})
+        return orjson.dumps({"seen": self.seen, "state": self.state}, default=instant_json)
 
     @classmethod
     def load(cls, raw: bytes | None) -> Stamped:
@@ -475,7 +476,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         else:
             assert w.page is not None, artifact_id  # a live member has a page
             record = collection_record.version_to_json(w.version, w.page, w.since, w.before)
-            result.writes_before[vkey] = (w.partition, orjson.dumps(record))
+            result.writes_before[vkey] = (w.partition, orjson.dumps(record, default=instant_json))
     return result
 
 
