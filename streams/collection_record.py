@@ -18,6 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
+from streams import exact_json
 from streams.artifacts import Version
 from streams.collection import Collection
 from streams.members import INLINE, MemberPages
@@ -73,6 +76,15 @@ def page_key(collection_key: bytes, page: int) -> bytes:
 def version_to_json(v: Version, page: int, since: int, before: Version | None) -> list[Any]:
     prior = None if before is None else [before.data, before.description]
     return [v.created_us, v.type, v.data, v.description, v.flow_run_id, v.task_run_id, page, since, prior]
+
+
+def load_version(artifact_id: str, raw: bytes, as_of: int) -> tuple[Version, int] | None:
+    """A stored version record, its `data` (now and before `since`) as exact as the input's."""
+    value = orjson.loads(raw)
+    prior = value[8] if len(value) > 8 else None
+    if exact_json.may_be_rounded(value[2]) or (prior is not None and exact_json.may_be_rounded(prior[0])):
+        value = exact_json.reread(raw) or value
+    return version_from_json(artifact_id, value, as_of)
 
 
 def version_from_json(artifact_id: str, value: list[Any], as_of: int) -> tuple[Version, int] | None:

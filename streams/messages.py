@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from streams import timestamps
+from streams import exact_json, timestamps
 from streams.errors import Invalid
 from streams.timestamps import type_name
 
@@ -189,6 +189,10 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
         artifact = _artifact(_object(msg, "artifact", ""))
         if _may_nest_too_deep(raw):
             _check_depth(artifact.data, "artifact.data", _DATA_DEPTH)
+        if exact_json.may_be_rounded(artifact.data):
+            exact = exact_json.reread(raw)
+            if exact is not None:
+                artifact.data = exact["artifact"]["data"]
         return ArtifactCreate(occurred, _context(msg), artifact)
     if op == "update":
         changes = _object(msg, "changes", "")
@@ -198,6 +202,10 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
                 picked[name] = changes[name]
         if "data" in picked and _may_nest_too_deep(raw):
             _check_depth(picked["data"], "changes.data", _DATA_DEPTH)
+        if exact_json.may_be_rounded(picked.get("data")):
+            exact = exact_json.reread(raw)
+            if exact is not None:
+                picked["data"] = exact["changes"]["data"]
         if "description" in picked:
             _check_optional_str(picked["description"], "changes.description")
         if "metadata_" in picked:
@@ -220,6 +228,12 @@ def parse_task_result(raw: bytes) -> TaskResult:
     if downstream and _may_nest_too_deep(raw):
         for i, m in enumerate(downstream):
             _check_depth(m.metadata, f"downstream_assets[{i}].metadata", _METADATA_DEPTH)
+    if any(exact_json.may_be_rounded(m.metadata) for m in downstream):
+        exact = exact_json.reread(raw)
+        if exact is not None:
+            for i, m in enumerate(downstream):
+                if exact_json.may_be_rounded(m.metadata):
+                    m.metadata = exact["downstream_assets"][i]["metadata"]
     upstream = tuple(
         _asset(item, f"upstream_assets[{i}]") for i, item in enumerate(_list(msg, "upstream_assets", ""))
     )

@@ -8,6 +8,8 @@ from decimal import Decimal, localcontext
 from functools import lru_cache
 from typing import Any
 
+from orjson import Fragment
+
 from streams.errors import Invalid
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -93,7 +95,7 @@ def type_name(value: object) -> str:
         return "null"
     if isinstance(value, bool):
         return "boolean"
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Fragment):  # a Fragment: an integer beyond 64 bits
         return "number"
     if isinstance(value, str):
         return "string"

@@ -268,6 +268,32 @@ def test_a_created_below_the_microsecond_is_stored_exactly_and_read_back_as_a_nu
     assert pages.summary()["inline"] == {d: Decimal("999.5")}
 
 
+def test_a_stored_versions_integers_beyond_64_bits_come_back_exact():
+    """The re-pointed collection event reads the older version from its record, a batch later."""
+    records = _by_key(
+        [h.create(IDS[0], KEY, at=0, data={"n": 2**64}), h.create(IDS[1], KEY, at=1), h.delete(IDS[1], at=2)]
+    )
+    table = Table()
+    table.write(steps.apply_collections(TOPICS, records[:2], table.load))
+    result = steps.apply_collections(TOPICS, records[2:], table.load)
+    [event] = [o.value for o in result.outputs if o.topic == TOPICS.artifact_events]
+    assert b'"payload":{"key":"report","type":"markdown","data":{"n":18446744073709551616},' in event
+
+
+@pytest.mark.parametrize(
+    "now, before, as_of, data",
+    [
+        (b'{"n":18446744073709551616}', b'"text"', 5, b'{"n":18446744073709551616}'),
+        (b'"text"', b"[18446744073709551617]", 4, b"[18446744073709551617]"),
+    ],
+    ids=["now", "before its patch"],
+)
+def test_a_version_record_reads_wide_integers_exactly(now, before, as_of, data):
+    raw = b'[1,"markdown",' + now + b',"d",null,null,0,5,[' + before + b',"old"]]'
+    version, _ = collection_record.load_version(IDS[0], raw, as_of)
+    assert orjson.dumps(version.data) == data
+
+
 def test_a_collection_record_from_before_pages_is_read_and_moves_on():
     """State written by an earlier version (every member inline, versions without a page) keeps
     working: it is what a small collection looks like now, and new members join it inline."""

@@ -215,6 +215,59 @@ def test_not_an_object(stream, raw):
     assert why.reason.startswith("message must be a JSON object, got ")
 
 
+WIDE = {
+    "beyond": 123456789012345678901234567890,
+    "u64_max": 2**64 - 1,
+    "u64_max_plus_1": 2**64,
+    "i64_min": -(2**63),
+    "i64_min_minus_1": -(2**63) - 1,
+    "float": 1e-7,
+    "digits_in_a_string": "1234567890123456789012345",
+}
+WIDE_BYTES = (
+    b'{"beyond":123456789012345678901234567890,"u64_max":18446744073709551615,'
+    b'"u64_max_plus_1":18446744073709551616,"i64_min":-9223372036854775808,'
+    b'"i64_min_minus_1":-9223372036854775809,"float":1e-7,'
+    b'"digits_in_a_string":"1234567890123456789012345"}'
+)
+
+
+def test_integers_beyond_64_bits_are_carried_exactly():
+    """orjson alone would turn them into floats; Prefect keeps them (Python's json)."""
+    pipeline = ArtifactPipeline()
+    [coll, _] = h.raw_events(pipeline, [h.create(A, data=WIDE)])
+    assert b'"data":' + WIDE_BYTES + b',"description":' in coll.value
+    assert json.loads(coll.value)["payload"]["data"] == WIDE
+    [updated] = h.raw_events(pipeline, [h.update(A, {"data": [WIDE]})])
+    assert b'"payload":{"data":[' + WIDE_BYTES + b"]}" in updated.value
+    [deleted] = h.raw_events(pipeline, [h.delete(A, at=2)])  # the PATCHed data, from the state
+    assert b'"data":[' + WIDE_BYTES + b'],"description":' in deleted.value
+
+
+@pytest.mark.parametrize("data", [2**64, -(2**63) - 1], ids=["above", "below"])
+def test_a_wide_integer_as_the_whole_data_is_carried_exactly(data):
+    [coll, _] = h.raw_events(ArtifactPipeline(), [h.create(A, data=data)])
+    assert b'"data":' + str(data).encode() + b',"description":' in coll.value
+
+
+@pytest.mark.parametrize("stream", ["artifacts", "assets"])
+def test_a_wide_integer_does_not_let_in_what_orjson_refuses(stream):
+    why = _rejected(b'{"n": 123456789012345678901234567890, "x": NaN}', stream)
+    assert why.code == "invalid_json"
+
+
+def test_a_wide_integer_where_a_string_belongs_is_a_number_in_the_reason():
+    why = _rejected(_set(h.delete(A), 123456789012345678901234567890, "artifact_id"))
+    assert why.reason == "artifact_id must be a UUID string, got number"
+
+
+def test_a_wide_integer_in_a_message_nested_past_pythons_json_keeps_orjsons_reading():
+    """Python's json stops near 1,000 levels, orjson reads 1,024: such a message is processed."""
+    raw = h.encode(h.create(A, data={"n": 2**64}))[:-1] + b', "ignored": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    [coll, _] = _events([raw])
+    assert coll["payload"]["data"] == {"n": float(2**64)}
+
+
 def test_too_deep_nesting_is_rejected_up_front():
     """orjson cannot render more than 254 nested levels; such a message is refused, not crashed."""
     why = _rejected(h.create(A, data=h.nested(253)))

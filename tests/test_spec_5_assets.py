@@ -207,6 +207,13 @@ def test_payload_is_each_assets_own_metadata():
     assert y["payload"] == meta and z["payload"] == {}
 
 
+def test_metadata_integers_beyond_64_bits_are_carried_exactly():
+    meta = {"rows": 2**70, "min": -(2**63) - 1}
+    m = h.task_result(C, downstream=[h.materialized("s3://y", meta)])
+    [event] = h.raw_events(AssetPipeline(), [m])
+    assert b'"payload":{"rows":1180591620717411303424,"min":-9223372036854775809}' in event.value
+
+
 def test_metadata_absent_is_empty_payload():
     m = h.task_result(C, downstream=[{"key": "s3://y", "properties": None}])
     [y] = run([m])

@@ -399,7 +399,7 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             stored[artifact_id] = (
                 None
                 if raw is None
-                else collection_record.version_from_json(artifact_id, orjson.loads(raw), as_of)
+                else collection_record.load_version(artifact_id, raw, as_of)
             )
         return stored[artifact_id]
 

@@ -10,6 +10,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from streams import exact_json
 from topology.admin import wait_for_broker
 from topology.config import Settings
 
@@ -110,7 +111,7 @@ def _render(record: Any, meta: bool) -> str:
     if not meta:
         return value.decode("utf-8", "replace").replace("\n", "\\n")
     try:
-        decoded: Any = orjson.loads(value)
+        decoded: Any = exact_json.loads(value)
     except orjson.JSONDecodeError:
         decoded = value.decode("utf-8", "replace")
     return orjson.dumps(
