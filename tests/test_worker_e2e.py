@@ -355,10 +355,19 @@ def test_metrics_port_in_use_is_one_line_before_joining_the_group(start_worker: 
         worker = start_worker(1, 1, metrics_port=str(port), metrics_host="127.0.0.1")
         assert worker.process.wait(timeout=60) == 2
     assert worker.log.read_text().splitlines()[-1] == (
-        f"prefect-events: error: metrics_port: cannot listen on 127.0.0.1:{port}: "
-        "Address already in use (0 disables the metrics server)"
+        f"prefect-events: error: metrics server: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (metrics_host, metrics_port; port 0 disables the server)"
     )
     assert "Traceback" not in worker.log.read_text()
+
+
+def test_a_metrics_host_not_of_this_machine_is_one_line(start_worker: StartWorker) -> None:
+    worker = start_worker(1, 1, metrics_port="9309", metrics_host="192.0.2.1")  # TEST-NET-1
+    assert worker.process.wait(timeout=60) == 2
+    assert worker.log.read_text().splitlines()[-1] == (
+        "prefect-events: error: metrics server: cannot listen on 192.0.2.1:9309: "
+        "Cannot assign requested address (metrics_host, metrics_port; port 0 disables the server)"
+    )
 
 
 def test_sigterm_with_the_broker_gone_exits_after_shutdown_timeout(tmp_path: Path) -> None:

@@ -80,9 +80,13 @@ async def serve_health(worker: Worker, settings: Settings) -> MetricsServer:
     try:
         server = await serve(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
     except OSError as exc:
+        # asyncio words a failed bind at length around the OS's reason; a bad host is a gaierror
+        # whose errno is negative (EAI_*), with its own text.
+        errno = exc.errno or 0
+        reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
         raise ConfigError(
-            f"metrics_port: cannot listen on {settings.metrics_host}:{settings.metrics_port}: "
-            f"{os.strerror(exc.errno) if exc.errno else exc} (0 disables the metrics server)"
+            f"metrics server: cannot listen on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{reason} (metrics_host, metrics_port; port 0 disables the server)"
         ) from None
     log.info("metrics on %s/metrics", server.url)
     return server
