@@ -43,6 +43,18 @@ def reread(raw: bytes) -> Any | None:
         return None
 
 
+def at(raw: bytes, value: Any, *path: str | int) -> Any:
+    """`value`, orjson's reading of `raw` at `path`, with its integers beyond 64 bits exact."""
+    if not may_be_rounded(value):
+        return value
+    exact = reread(raw)
+    if exact is None:
+        return value
+    for part in path:
+        exact = exact[part]
+    return exact
+
+
 def loads(raw: bytes) -> Any:
     """orjson.loads (raising what it raises), with integers beyond 64 bits exact."""
     value = orjson.loads(raw)

@@ -189,10 +189,7 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
         artifact = _artifact(_object(msg, "artifact", ""))
         if _may_nest_too_deep(raw):
             _check_depth(artifact.data, "artifact.data", _DATA_DEPTH)
-        if exact_json.may_be_rounded(artifact.data):
-            exact = exact_json.reread(raw)
-            if exact is not None:
-                artifact.data = exact["artifact"]["data"]
+        artifact.data = exact_json.at(raw, artifact.data, "artifact", "data")
         return ArtifactCreate(occurred, _context(msg), artifact)
     if op == "update":
         changes = _object(msg, "changes", "")
@@ -202,10 +199,8 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
                 picked[name] = changes[name]
         if "data" in picked and _may_nest_too_deep(raw):
             _check_depth(picked["data"], "changes.data", _DATA_DEPTH)
-        if exact_json.may_be_rounded(picked.get("data")):
-            exact = exact_json.reread(raw)
-            if exact is not None:
-                picked["data"] = exact["changes"]["data"]
+        if "data" in picked:
+            picked["data"] = exact_json.at(raw, picked["data"], "changes", "data")
         if "description" in picked:
             _check_optional_str(picked["description"], "changes.description")
         if "metadata_" in picked:
