@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any, Protocol
 
 import orjson
@@ -96,11 +95,8 @@ class MemberPages:
         self.next_page: int = summary.get("next", 0)
         self.open: int | None = summary.get("open")
         # page -> [live count, created_us of its best, id of its best]
-        # A `created` below the microsecond is stored as a string (streams.timestamps.Instant):
-        # tested inline, as a call per member was a tenth of this constructor on a hot key.
         self.pages: dict[int, list[Any]] = {
-            p[0]: [p[1], p[2] if type(p[2]) is not str else Decimal(p[2]), p[3]]
-            for p in summary.get("pages", ())
+            p[0]: [p[1], instant_from_json(p[2]), p[3]] for p in summary.get("pages", ())
         }
         self._as_of: int = self.seq
         self._load_page, self._stored_page = load_page, stored_page
@@ -112,8 +108,7 @@ class MemberPages:
             inline = summary.get("inline")
         # Part of the collection record itself, so never ahead of it: no stamps to read them by.
         self._entries[INLINE] = {
-            aid: [created if type(created) is not str else Decimal(created), 0, None]
-            for aid, created in (inline or {}).items()
+            aid: [instant_from_json(created), 0, None] for aid, created in (inline or {}).items()
         }
         if inline:
             self.pages[INLINE] = _summarize(self._entries[INLINE])
