@@ -8,6 +8,10 @@ Everything runs in this process tree: an embedded Tansu broker (or KAFKA_BOOTSTR
 Phases, all in one invocation so that ratios are meaningful on a shared 2-core box:
 
 1. baseline   plain aiokafka consume → orjson.loads → trivial transform → orjson.dumps → produce
+   batched    the same loop publishing as the worker does (one producer batch per partition)
+   traffic    plain aiokafka loop writing exactly the records the worker writes for the same
+              messages (events, hand-over, changelogs) and reading its hand-over back, with no
+              processing: the ceiling of the worker's shape (bench/traffic.py)
 2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
               events/s out; expected event count from the offline `streams.pipeline`; every
               event checked against the worker's arrival order (`arrival_order`) once the
@@ -54,6 +58,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import arrival_order  # noqa: E402
+import traffic  # noqa: E402
 import workload as wl  # noqa: E402
 from chaos import read_all  # noqa: E402
 
@@ -61,6 +66,8 @@ from streams.envelope import EVENT_HEADER  # noqa: E402
 from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
 from topology.admin import TopicSpec, ensure_topics  # noqa: E402
 from topology.embedded_broker import free_port  # noqa: E402
+from topology.publish import publish  # noqa: E402
+from topology.records import Out  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 CLI = str(VENV_BIN / "prefect-events")
@@ -442,8 +449,10 @@ def expected_events(msgs: list[wl.Msg]) -> tuple[int, collections.Counter[str], 
 # --- phases ----------------------------------------------------------------------------------------
 
 
-async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
-    names = Names("bench-baseline")
+async def phase_baseline(bs: str, msgs: list[wl.Msg], *, batched: bool = False) -> dict[str, Any]:
+    """The plain loop; `batched` publishes each fetch's records as the worker does
+    (topology.publish: one producer batch per partition) instead of one `send` per record."""
+    names = Names("bench-baseline-batched" if batched else "bench-baseline")
     out_topic = f"{names.prefix}.out"
     await create_topics(bs, [*names.raw.values(), out_topic])
     await produce_all(bs, names, msgs)
@@ -462,6 +471,7 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
         while done < n:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             pending = []
+            outputs: list[Out] = []
             for records in batches.values():
                 for r in records:
                     d = orjson.loads(r.value)
@@ -475,9 +485,15 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
                         "id": key.decode(),
                         "follows": None,
                     }
-                    pending.append(await p.send(out_topic, orjson.dumps(event), key=key,
-                                                headers=[("prefect-event", b"bench")]))
+                    headers = [("prefect-event", b"bench")]
+                    if batched:
+                        outputs.append(Out(out_topic, key, orjson.dumps(event), headers))
+                    else:
+                        pending.append(await p.send(out_topic, orjson.dumps(event), key=key,
+                                                    headers=headers))
                     done += 1
+            if outputs:
+                await publish(p, outputs)
             if pending:
                 await asyncio.gather(*pending)
         elapsed = time.perf_counter() - started
@@ -485,6 +501,20 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
         await consumer.stop()
         await p.stop()
     return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed)}
+
+
+async def phase_traffic(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
+    names = Names("bench-traffic")
+    work = traffic.plan(msgs, PARTITIONS, names.prefix)
+    await create_topics(bs, [*names.raw.values(), *traffic.topic_names(work)])
+    await produce_all(bs, names, msgs)
+    result = await traffic.run(
+        bs, list(names.raw.values()), len(msgs), work, partitions=PARTITIONS,
+        fetch_wait_ms=10,  # the baseline's
+        producer={"acks": "all", "linger_ms": 5, "max_batch_size": 1_000_000,  # the worker's
+                  "max_request_size": 4 * 1024 * 1024})
+    result["bytes_out"] = work.bytes_out()
+    return result
 
 
 async def run_saturation(bs: str, prefix: str, msgs: list[wl.Msg], expected: int,
@@ -949,6 +979,14 @@ def table(r: dict[str, Any]) -> str:
     b, w = r.get("baseline"), r.get("worker")
     if b:
         rows.append(("baseline aiokafka loop, msgs/s", f"{b['msgs_per_s']:,}"))
+    bb, tr = r.get("batched"), r.get("traffic")
+    if bb:
+        rows.append(("  the same, publishing as the worker does, msgs/s", f"{bb['msgs_per_s']:,}"))
+    if tr:
+        # What the worker writes and reads back, with no processing: its shape's ceiling.
+        rows.append(("the worker's records alone, msgs/s",
+                     f"{tr['msgs_per_s']:,} ({tr['records_in']:,} records in, "
+                     f"{tr['records_out']:,} out)"))
     if w:
         rows.append(("worker msgs/s in (rocksdb://)", f"{w['msgs_per_s'] or 0:,}"))
         rows.append(("worker events/s out", f"{w['events_per_s'] or 0:,}"))
@@ -959,6 +997,9 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("worker peak RSS, MB", f"{w['peak_rss_mb']}"))
     if b and w and w.get("msgs_per_s"):
         rows.append(("ratio worker / baseline", f"{w['msgs_per_s'] / b['msgs_per_s']:.1%}"))
+    for name, other in (("the batched loop", bb), ("its records alone", tr)):
+        if other and w and w.get("msgs_per_s"):
+            rows.append((f"  worker / {name}", f"{w['msgs_per_s'] / other['msgs_per_s']:.1%}"))
     so = r.get("scaleout")
     if so:
         ratio = f", {so['msgs_per_s'] / b['msgs_per_s']:.1%} of baseline" if b and so["msgs_per_s"] else ""
@@ -1120,6 +1161,14 @@ async def run(args: argparse.Namespace, bs: str, log_dir: Path) -> dict[str, Any
         log("baseline: plain aiokafka loop")
         r["baseline"] = await phase_baseline(bs, msgs)
         log(f"baseline: {r['baseline']['msgs_per_s']} msgs/s")
+    if "batched" in phases:
+        log("batched: the plain loop, publishing as the worker does")
+        r["batched"] = await phase_baseline(bs, msgs, batched=True)
+        log(f"batched: {r['batched']['msgs_per_s']} msgs/s")
+    if "traffic" in phases:
+        log("traffic: the worker's records, no processing")
+        r["traffic"] = await phase_traffic(bs, msgs)
+        log(f"traffic: {r['traffic']['msgs_per_s']} msgs/s")
     if "worker" in phases:
         res, _, coll = await run_saturation(bs, "bench-worker", msgs, expected, log_dir)
         res["by_name_diff"] = {k: coll.by_name.get(k, 0) - v for k, v in by_name.items()
@@ -1214,7 +1263,7 @@ def main() -> int:
                         help="end a saturation run when no event came for this long (default 15)")
     parser.add_argument("--quick", action="store_true", help="seconds-scale smoke run")
     parser.add_argument("--phases",
-                        default="baseline,worker,scaleout,profile,latency,offline,state")
+                        default="baseline,batched,traffic,worker,scaleout,profile,latency,offline,state")
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes of the scaleout phase (one per core)")
     parser.add_argument("--recover", default="rocksdb-kept,rocksdb-wiped,memory",

@@ -39,6 +39,8 @@ class Driver:
     tables: dict[str, dict[bytes, bytes]] = field(default_factory=lambda: defaultdict(dict))
     queue: deque[tuple[str, int]] = field(default_factory=deque)
     positions: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
+    # (table, partition, key, value; None deletes) of every state write, when asked to keep them
+    changelog: list[tuple[str, int, bytes, bytes | None]] | None = None
 
     def produce(
         self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
@@ -84,10 +86,14 @@ class Driver:
             for out in result.outputs:
                 self._append(out)
             for writes in (result.writes_before, result.writes):
-                for key, (_partition, value) in writes.items():
+                for key, (partition, value) in writes.items():
                     table[key] = value
-            for key in result.deletes_after:
+                    if self.changelog is not None:
+                        self.changelog.append((name, partition, key, value))
+            for key, partition in result.deletes_after.items():
                 table.pop(key, None)
+                if self.changelog is not None:
+                    self.changelog.append((name, partition, key, None))
 
     def events(self, topic: str) -> list[bytes]:
         return [r.value or b"" for (name, _), log in sorted(self.logs.items()) if name == topic for r in log]

@@ -1,0 +1,124 @@
+"""The worker's Kafka traffic without its processing: the ceiling of this worker's shape.
+
+The baseline loop reads a message and writes one record. The worker, for the same messages,
+also hands keyed artifact operations on through its by-collection-key topic (read back), writes
+1.5 events a message on average, and writes its state's changelog records. This loop reads the
+same input with one aiokafka consumer and writes, with one aiokafka producer configured as the
+worker's and through the worker's own publishing (topology.publish), exactly the records the
+worker's steps write for it (the topology driver's run of the same messages: the same keys,
+values, headers, partitions and sizes, to as many topics), in proportion to the messages read.
+It reads the handed-on records back and does nothing else: no parsing, no state, no Faust. A
+fetch's outputs are acknowledged before its changelog records are sent, as a batch's are in the
+worker (streams.replay): two round trips where the worker's collections step makes up to three.
+
+So its msgs/s is what the worker could reach if its logic and Faust cost nothing; the worker's
+ratio to the baseline can be no better than this loop's.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import workload as wl  # noqa: E402
+from topology_driver import Driver, topics  # noqa: E402
+
+from topology.publish import publish  # noqa: E402
+from topology.records import Out  # noqa: E402
+
+
+@dataclass
+class Plan:
+    """What the worker writes for a workload, in the driver's order, by kind."""
+
+    handed_on: list[Out]  # the collections step's input (read back by the loop)
+    events: list[Out]  # events and dead letters
+    changelog: list[Out]
+
+    @property
+    def records_out(self) -> int:
+        return len(self.handed_on) + len(self.events) + len(self.changelog)
+
+    def bytes_out(self) -> int:
+        return sum(len(r.key or b"") + len(r.value or b"") + sum(len(k) + len(v) for k, v in r.headers)
+                   for rs in (self.handed_on, self.events, self.changelog) for r in rs)
+
+
+def plan(msgs: list[wl.Msg], partitions: int, prefix: str) -> Plan:
+    """The records the worker's steps write for `msgs`, renamed to `prefix`'s topics."""
+    t = topics(partitions, partitions)
+    driver = Driver(t, batch_size=500, changelog=[])
+    for m in msgs:
+        driver.produce(t.raw_artifacts if m.stream == wl.ARTIFACTS else t.raw_task_results,
+                       m.value, m.key)
+    driver.run()
+    handed_on: list[Out] = []
+    events: list[Out] = []
+    for (topic, partition), log in sorted(driver.logs.items()):
+        if topic in (t.raw_artifacts, t.raw_task_results):
+            continue
+        into = handed_on if topic in (t.artifacts_by_key, t.artifacts_by_id,
+                                      t.task_results_by_flow_run) else events
+        name = f"{prefix}.{topic}"
+        into.extend(Out(name, r.key, r.value, list(r.headers), partition) for r in log)
+    assert driver.changelog is not None
+    changelog = [Out(f"{prefix}.{table}-changelog", key, value, [], partition)
+                 for table, partition, key, value in driver.changelog]
+    return Plan(handed_on, events, changelog)
+
+
+def topic_names(p: Plan) -> list[str]:
+    return sorted({r.topic for rs in (p.handed_on, p.events, p.changelog) for r in rs})
+
+
+async def run(bs: str, raw_topics: list[str], n: int, p: Plan, *, partitions: int,
+              producer: dict[str, Any], fetch_wait_ms: int, batch: int = 500) -> dict[str, Any]:
+    """Drain `n` pre-produced messages of `raw_topics`, writing `p`'s records in proportion to
+    the messages read, and read the handed-on records back; msgs/s of the whole."""
+    handed_topics = sorted({r.topic for r in p.handed_on})
+    consumer = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
+                                fetch_max_wait_ms=fetch_wait_ms)
+    prod = AIOKafkaProducer(bootstrap_servers=bs, **producer)
+    await consumer.start()
+    await prod.start()
+    tps = [TopicPartition(t, i) for t in [*raw_topics, *handed_topics] for i in range(partitions)]
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    raw = set(raw_topics)
+    kinds = (p.handed_on, p.events, p.changelog)
+    sent = [0, 0, 0]
+    read_raw = read_handed = 0
+    started = time.perf_counter()
+    try:
+        while read_raw < n or read_handed < len(p.handed_on):
+            fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
+            for tp, records in fetched.items():
+                if tp.topic in raw:
+                    read_raw += len(records)
+                else:
+                    read_handed += len(records)
+            # What the steps wrote for the messages read so far: outputs, acknowledged, then the
+            # changelog records.
+            for wave in ((0, 1), (2,)):
+                outputs: list[Out] = []
+                for kind in wave:
+                    records_of = kinds[kind]
+                    due = len(records_of) * read_raw // n
+                    outputs += records_of[sent[kind]:due]
+                    sent[kind] = due
+                if outputs:
+                    await publish(prod, outputs)
+        elapsed = time.perf_counter() - started
+    finally:
+        await consumer.stop()
+        await prod.stop()
+    return {"messages": n, "records_out": p.records_out, "records_in": n + len(p.handed_on),
+            "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed)}
