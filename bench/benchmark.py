@@ -61,6 +61,7 @@ import arrival_order  # noqa: E402
 import traffic  # noqa: E402
 import workload as wl  # noqa: E402
 from chaos import read_all  # noqa: E402
+from cpu import Meter, cpu_seconds  # noqa: E402
 
 from streams.envelope import EVENT_HEADER  # noqa: E402
 from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
@@ -111,17 +112,6 @@ def proc_status(pid: int) -> dict[str, int]:
                 name, value = line.split(":", 1)
                 out[name] = int(value.split()[0])
     return out
-
-
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process so far (/proc/PID/stat), None if unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 BROKER_PID: int | None = None  # the embedded broker's, for the latency phase's CPU shares
@@ -466,6 +456,8 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg], *, batched: bool = False) 
     await consumer.seek_to_beginning(*tps)
     n = len(msgs)
     done = 0
+    meter = Meter({"broker": BROKER_PID})
+    meter.start()
     started = time.perf_counter()
     try:
         while done < n:
@@ -497,10 +489,12 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg], *, batched: bool = False) 
             if pending:
                 await asyncio.gather(*pending)
         elapsed = time.perf_counter() - started
+        cores = meter.cores()
     finally:
         await consumer.stop()
         await p.stop()
-    return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed)}
+    return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed),
+            "cores": cores}
 
 
 async def phase_traffic(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
@@ -509,8 +503,9 @@ async def phase_traffic(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
     await create_topics(bs, [*names.raw.values(), *traffic.topic_names(work)])
     await produce_all(bs, names, msgs)
     result = await traffic.run(
-        bs, list(names.raw.values()), len(msgs), work, partitions=PARTITIONS,
-        fetch_wait_ms=10,  # the baseline's
+        bs, list(names.raw.values()), len(msgs), work, Meter({"broker": BROKER_PID}),
+        partitions=PARTITIONS, fetch_wait_ms=10,  # the baseline's
+        in_flight=3,  # the worker's three steps, a batch in flight each
         producer={"acks": "all", "linger_ms": 5, "max_batch_size": 1_000_000,  # the worker's
                   "max_request_size": 4 * 1024 * 1024})
     result["bytes_out"] = work.bytes_out()
@@ -974,19 +969,26 @@ def arrival_order_cell(check: dict[str, Any]) -> str:
             f"{check['duplicates']} identical duplicates")
 
 
+def _cores(phase: dict[str, Any]) -> str:
+    used = phase.get("cores") or {}
+    return " (cores: " + ", ".join(f"{who} {c}" for who, c in used.items() if c is not None) + ")" \
+        if used else ""
+
+
 def table(r: dict[str, Any]) -> str:
     rows: list[tuple[str, str]] = []
     b, w = r.get("baseline"), r.get("worker")
     if b:
-        rows.append(("baseline aiokafka loop, msgs/s", f"{b['msgs_per_s']:,}"))
+        rows.append(("baseline aiokafka loop, msgs/s", f"{b['msgs_per_s']:,}{_cores(b)}"))
     bb, tr = r.get("batched"), r.get("traffic")
     if bb:
-        rows.append(("  the same, publishing as the worker does, msgs/s", f"{bb['msgs_per_s']:,}"))
+        rows.append(("  the same, publishing as the worker does, msgs/s",
+                     f"{bb['msgs_per_s']:,}{_cores(bb)}"))
     if tr:
         # What the worker writes and reads back, with no processing: its shape's ceiling.
         rows.append(("the worker's records alone, msgs/s",
-                     f"{tr['msgs_per_s']:,} ({tr['records_in']:,} records in, "
-                     f"{tr['records_out']:,} out)"))
+                     f"{tr['msgs_per_s']:,}{_cores(tr)}; {tr['records_in']:,} records in, "
+                     f"{tr['records_out']:,} out"))
     if w:
         rows.append(("worker msgs/s in (rocksdb://)", f"{w['msgs_per_s'] or 0:,}"))
         rows.append(("worker events/s out", f"{w['events_per_s'] or 0:,}"))

@@ -9,7 +9,8 @@ worker's steps write for it (the topology driver's run of the same messages: the
 values, headers, partitions and sizes, to as many topics), in proportion to the messages read.
 It reads the handed-on records back and does nothing else: no parsing, no state, no Faust. A
 fetch's outputs are acknowledged before its changelog records are sent, as a batch's are in the
-worker (streams.replay): two round trips where the worker's collections step makes up to three.
+worker (streams.replay): two round trips where the worker's collections step makes up to three;
+up to three fetches' writes are in flight at once, as the worker's three steps each have a batch.
 
 So its msgs/s is what the worker could reach if its logic and Faust cost nothing; the worker's
 ratio to the baseline can be no better than this loop's.
@@ -17,6 +18,7 @@ ratio to the baseline can be no better than this loop's.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import workload as wl  # noqa: E402
+from cpu import Meter  # noqa: E402
 from topology_driver import Driver, topics  # noqa: E402
 
 from topology.publish import publish  # noqa: E402
@@ -79,8 +82,9 @@ def topic_names(p: Plan) -> list[str]:
     return sorted({r.topic for rs in (p.handed_on, p.events, p.changelog) for r in rs})
 
 
-async def run(bs: str, raw_topics: list[str], n: int, p: Plan, *, partitions: int,
-              producer: dict[str, Any], fetch_wait_ms: int, batch: int = 500) -> dict[str, Any]:
+async def run(bs: str, raw_topics: list[str], n: int, p: Plan, meter: Meter, *, partitions: int,
+              producer: dict[str, Any], fetch_wait_ms: int, in_flight: int,
+              batch: int = 500) -> dict[str, Any]:
     """Drain `n` pre-produced messages of `raw_topics`, writing `p`'s records in proportion to
     the messages read, and read the handed-on records back; msgs/s of the whole."""
     handed_topics = sorted({r.topic for r in p.handed_on})
@@ -96,6 +100,9 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, *, partitions: in
     kinds = (p.handed_on, p.events, p.changelog)
     sent = [0, 0, 0]
     read_raw = read_handed = 0
+    slots = asyncio.Semaphore(in_flight)
+    flying: set[asyncio.Task[None]] = set()
+    meter.start()
     started = time.perf_counter()
     try:
         while read_raw < n or read_handed < len(p.handed_on):
@@ -106,7 +113,9 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, *, partitions: in
                 else:
                     read_handed += len(records)
             # What the steps wrote for the messages read so far: outputs, acknowledged, then the
-            # changelog records.
+            # changelog records; up to `in_flight` fetches' worth at once, as the worker's steps
+            # each have a batch in flight.
+            waves: list[list[Out]] = []
             for wave in ((0, 1), (2,)):
                 outputs: list[Out] = []
                 for kind in wave:
@@ -114,11 +123,24 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, *, partitions: in
                     due = len(records_of) * read_raw // n
                     outputs += records_of[sent[kind]:due]
                     sent[kind] = due
-                if outputs:
-                    await publish(prod, outputs)
+                waves.append(outputs)
+            await slots.acquire()
+            flying.add(asyncio.create_task(_write(prod, waves, slots)))
+            flying.difference_update([t for t in flying if t.done()])
+        await asyncio.gather(*flying)
         elapsed = time.perf_counter() - started
+        cores = meter.cores()
     finally:
         await consumer.stop()
         await prod.stop()
     return {"messages": n, "records_out": p.records_out, "records_in": n + len(p.handed_on),
-            "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed)}
+            "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed), "cores": cores}
+
+
+async def _write(producer: AIOKafkaProducer, waves: list[list[Out]], slots: asyncio.Semaphore) -> None:
+    try:
+        for outputs in waves:
+            if outputs:
+                await publish(producer, outputs)
+    finally:
+        slots.release()
