@@ -61,6 +61,7 @@ import arrival_order  # noqa: E402
 import traffic  # noqa: E402
 import workload as wl  # noqa: E402
 from chaos import read_all  # noqa: E402
+from clients import clients  # noqa: E402
 from cpu import Meter, cpu_seconds  # noqa: E402
 
 from streams.envelope import EVENT_HEADER  # noqa: E402
@@ -198,9 +199,12 @@ async def create_topics(bs: str, names: list[str]) -> None:
     await ensure_topics(bs, [TopicSpec(n, PARTITIONS) for n in names], timeout_s=60)
 
 
+PRODUCER: dict[str, Any] = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024,
+                            "max_request_size": 4 * 1024 * 1024}
+
+
 def producer(bs: str) -> AIOKafkaProducer:
-    return AIOKafkaProducer(bootstrap_servers=bs, acks="all", linger_ms=5,
-                            max_batch_size=256 * 1024, max_request_size=4 * 1024 * 1024)
+    return AIOKafkaProducer(bootstrap_servers=bs, **PRODUCER)
 
 
 async def produce_all(bs: str, names: Names, msgs: list[wl.Msg]) -> float:
@@ -446,20 +450,13 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg], *, batched: bool = False) 
     out_topic = f"{names.prefix}.out"
     await create_topics(bs, [*names.raw.values(), out_topic])
     await produce_all(bs, names, msgs)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=10)
-    p = producer(bs)
-    await consumer.start()
-    await p.start()
     tps = [TopicPartition(t, i) for t in names.raw.values() for i in range(PARTITIONS)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
     n = len(msgs)
     done = 0
     meter = Meter({"broker": BROKER_PID})
-    meter.start()
-    started = time.perf_counter()
-    try:
+    async with clients(bs, tps, fetch_wait_ms=10, producer=PRODUCER) as (consumer, p):
+        meter.start()
+        started = time.perf_counter()
         while done < n:
             batches = await consumer.getmany(timeout_ms=500, max_records=500)
             pending = []
@@ -490,9 +487,6 @@ async def phase_baseline(bs: str, msgs: list[wl.Msg], *, batched: bool = False) 
                 await asyncio.gather(*pending)
         elapsed = time.perf_counter() - started
         cores = meter.cores()
-    finally:
-        await consumer.stop()
-        await p.stop()
     return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed),
             "cores": cores}
 

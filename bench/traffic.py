@@ -25,12 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import workload as wl  # noqa: E402
+from clients import clients  # noqa: E402
 from cpu import Meter  # noqa: E402
 from topology_driver import Driver, topics  # noqa: E402
 
@@ -88,23 +89,16 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, meter: Meter, *, 
     """Drain `n` pre-produced messages of `raw_topics`, writing `p`'s records in proportion to
     the messages read, and read the handed-on records back; msgs/s of the whole."""
     handed_topics = sorted({r.topic for r in p.handed_on})
-    consumer = AIOKafkaConsumer(bootstrap_servers=bs, group_id=None, enable_auto_commit=False,
-                                fetch_max_wait_ms=fetch_wait_ms)
-    prod = AIOKafkaProducer(bootstrap_servers=bs, **producer)
-    await consumer.start()
-    await prod.start()
     tps = [TopicPartition(t, i) for t in [*raw_topics, *handed_topics] for i in range(partitions)]
-    consumer.assign(tps)
-    await consumer.seek_to_beginning(*tps)
     raw = set(raw_topics)
     kinds = (p.handed_on, p.events, p.changelog)
     sent = [0, 0, 0]
     read_raw = read_handed = 0
     slots = asyncio.Semaphore(in_flight)
     flying: set[asyncio.Task[None]] = set()
-    meter.start()
-    started = time.perf_counter()
-    try:
+    async with clients(bs, tps, fetch_wait_ms=fetch_wait_ms, producer=producer) as (consumer, prod):
+        meter.start()
+        started = time.perf_counter()
         while read_raw < n or read_handed < len(p.handed_on):
             fetched = await consumer.getmany(timeout_ms=500, max_records=batch)
             for tp, records in fetched.items():
@@ -130,9 +124,6 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, meter: Meter, *, 
         await asyncio.gather(*flying)
         elapsed = time.perf_counter() - started
         cores = meter.cores()
-    finally:
-        await consumer.stop()
-        await prod.stop()
     return {"messages": n, "records_out": p.records_out, "records_in": n + len(p.handed_on),
             "seconds": round(elapsed, 3), "msgs_per_s": round(n / elapsed), "cores": cores}
 
