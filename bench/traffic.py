@@ -12,8 +12,7 @@ fetch's outputs are acknowledged before its changelog records are sent, as a bat
 worker (streams.replay): two round trips where the worker's collections step makes up to three;
 up to three fetches' writes are in flight at once, as the worker's three steps each have a batch.
 
-So its msgs/s is what the worker could reach if its logic and Faust cost nothing; the worker's
-ratio to the baseline can be no better than this loop's.
+So its msgs/s is, roughly, what the worker would reach if its logic and Faust cost nothing.
 """
 
 from __future__ import annotations
@@ -120,7 +119,9 @@ async def run(bs: str, raw_topics: list[str], n: int, p: Plan, meter: Meter, *, 
                 waves.append(outputs)
             await slots.acquire()
             flying.add(asyncio.create_task(_write(prod, waves, slots)))
-            flying.difference_update([t for t in flying if t.done()])
+            for written in [t for t in flying if t.done()]:
+                flying.discard(written)
+                written.result()  # a write that failed ends the run
         await asyncio.gather(*flying)
         elapsed = time.perf_counter() - started
         cores = meter.cores()
