@@ -11,7 +11,8 @@ Phases, all in one invocation so that ratios are meaningful on a shared 2-core b
    batched    the same loop publishing as the worker does (one producer batch per partition)
    traffic    plain aiokafka loop writing exactly the records the worker writes for the same
               messages (events, hand-over, changelogs) and reading its hand-over back, with no
-              processing: the ceiling of the worker's shape (bench/traffic.py)
+              processing: roughly the worker's msgs/s if its processing cost nothing
+              (bench/traffic.py)
 2. worker     the real worker at saturation on the same messages (pre-produced), msgs/s in and
               events/s out; expected event count from the offline `streams.pipeline`; every
               event checked against the worker's arrival order (`arrival_order`) once the
@@ -66,6 +67,7 @@ from cpu import Meter, cpu_seconds  # noqa: E402
 
 from streams.envelope import EVENT_HEADER  # noqa: E402
 from streams.pipeline import ArtifactPipeline, AssetPipeline  # noqa: E402
+from topology import config  # noqa: E402
 from topology.admin import TopicSpec, ensure_topics  # noqa: E402
 from topology.embedded_broker import free_port  # noqa: E402
 from topology.publish import publish  # noqa: E402
@@ -201,6 +203,9 @@ async def create_topics(bs: str, names: list[str]) -> None:
 
 PRODUCER: dict[str, Any] = {"acks": "all", "linger_ms": 5, "max_batch_size": 256 * 1024,
                             "max_request_size": 4 * 1024 * 1024}
+
+
+WORKER = config.load({}, environ={})  # the worker's defaults (its producer's linger and batch size)
 
 
 def producer(bs: str) -> AIOKafkaProducer:
@@ -500,8 +505,8 @@ async def phase_traffic(bs: str, msgs: list[wl.Msg]) -> dict[str, Any]:
         bs, list(names.raw.values()), len(msgs), work, Meter({"broker": BROKER_PID}),
         partitions=PARTITIONS, fetch_wait_ms=10,  # the baseline's
         in_flight=3,  # the worker's three steps, a batch in flight each
-        producer={"acks": "all", "linger_ms": 5, "max_batch_size": 1_000_000,  # the worker's
-                  "max_request_size": 4 * 1024 * 1024})
+        producer={**PRODUCER, "linger_ms": WORKER.producer_linger_ms,
+                  "max_batch_size": WORKER.producer_max_batch_bytes})
     result["bytes_out"] = work.bytes_out()
     return result
 
@@ -964,9 +969,8 @@ def arrival_order_cell(check: dict[str, Any]) -> str:
 
 
 def _cores(phase: dict[str, Any]) -> str:
-    used = phase.get("cores") or {}
-    return " (cores: " + ", ".join(f"{who} {c}" for who, c in used.items() if c is not None) + ")" \
-        if used else ""
+    used = ", ".join(f"{who} {c}" for who, c in (phase.get("cores") or {}).items() if c is not None)
+    return f" (cores: {used})" if used else ""
 
 
 def table(r: dict[str, Any]) -> str:
@@ -979,7 +983,7 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("  the same, publishing as the worker does, msgs/s",
                      f"{bb['msgs_per_s']:,}{_cores(bb)}"))
     if tr:
-        # What the worker writes and reads back, with no processing: its shape's ceiling.
+        # What the worker writes and reads back, with no processing (bench/traffic.py).
         rows.append(("the worker's records alone, msgs/s",
                      f"{tr['msgs_per_s']:,}{_cores(tr)}; {tr['records_in']:,} records in, "
                      f"{tr['records_out']:,} out"))

@@ -1,4 +1,4 @@
-"""The worker's Kafka traffic without its processing: the ceiling of this worker's shape.
+"""The worker's Kafka traffic without its processing: what its records alone cost here.
 
 The baseline loop reads a message and writes one record. The worker, for the same messages,
 also hands keyed artifact operations on through its by-collection-key topic (read back), writes
