@@ -55,14 +55,21 @@ class Plan:
                    for rs in (self.handed_on, self.events, self.changelog) for r in rs)
 
 
-def plan(msgs: list[wl.Msg], partitions: int, prefix: str) -> Plan:
-    """The records the worker's steps write for `msgs`, renamed to `prefix`'s topics."""
+def drive(msgs: list[wl.Msg], partitions: int) -> Driver:
+    """`msgs` through the worker's steps in its batches, with no broker, keeping the changelog."""
     t = topics(partitions, partitions)
     driver = Driver(t, batch_size=500, changelog=[])
     for m in msgs:
         driver.produce(t.raw_artifacts if m.stream == wl.ARTIFACTS else t.raw_task_results,
                        m.value, m.key)
     driver.run()
+    return driver
+
+
+def plan(msgs: list[wl.Msg], partitions: int, prefix: str) -> Plan:
+    """The records the worker's steps write for `msgs`, renamed to `prefix`'s topics."""
+    driver = drive(msgs, partitions)
+    t = driver.topics
     handed_on: list[Out] = []
     events: list[Out] = []
     for (topic, partition), log in sorted(driver.logs.items()):

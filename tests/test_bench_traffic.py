@@ -12,19 +12,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import traffic  # noqa: E402
 import workload as wl  # noqa: E402
-from topology_driver import Driver, topics  # noqa: E402
+from topology_driver import Driver  # noqa: E402
 
 MESSAGES = wl.mixed(3000, seed=11).messages
 
 
 def _driven() -> Driver:
-    t = topics(4, 4)
-    driver = Driver(t, batch_size=500, changelog=[])
-    for m in MESSAGES:
-        driver.produce(t.raw_artifacts if m.stream == wl.ARTIFACTS else t.raw_task_results,
-                       m.value, m.key)
-    driver.run()
-    return driver
+    return traffic.drive(MESSAGES, 4)
 
 
 def test_the_changelog_rebuilds_every_table() -> None:
