@@ -67,7 +67,7 @@ def apply(
     if isinstance(op, ArtifactCreate):
         return _create(current, members, key, op, content)
     if isinstance(op, ArtifactUpdate):
-        return _update(current, members, op, version_of)
+        return _update(current, members, op, content, version_of)
     assert isinstance(op, ArtifactDelete)
     return _delete(current, members, key, op, content, version_of)
 
@@ -95,12 +95,19 @@ def _create(
 
 
 def _update(
-    current: Collection | None, members: Members, op: ArtifactUpdate, version_of: VersionOf
+    current: Collection | None,
+    members: Members,
+    op: ArtifactUpdate,
+    content: bytes,
+    version_of: VersionOf,
 ) -> CollectionStep:
-    """A PATCH changes what later collection events carry; it emits no collection event itself.
-    The collection counts as changed: its record keeps the replay mark of the PATCH."""
+    """A PATCH changes what later collection events carry; it emits no collection event itself,
+    only `artifact.updated` (here, not in the membership step, so that it follows its artifact's
+    `artifact.created`, which this step emits). The collection counts as changed: its record keeps
+    the replay mark of the PATCH."""
+    events = [artifacts.updated_event(op, content)]
     if current is None or op.artifact_id not in members:
-        return CollectionStep(current)
+        return CollectionStep(current, events=events)
     old = version_of(op.artifact_id)
     patched = Version(
         old.id,
@@ -111,7 +118,7 @@ def _update(
         old.flow_run_id,
         old.task_run_id,
     )
-    return CollectionStep(current, True, [], {old.id: patched})
+    return CollectionStep(current, True, events, {old.id: patched})
 
 
 def _delete(

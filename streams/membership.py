@@ -2,7 +2,8 @@
 
 Updates and deletes carry only the artifact id, so this step (state keyed by artifact id) decides
 whether an operation concerns a collection and, if so, hands it on to the collection step under
-the collection's key. Events that depend on no collection state are emitted here.
+the collection's key. Events that depend on no collection state are emitted here, but for a
+keyed artifact's, which the collection step emits behind its create's.
 """
 
 from __future__ import annotations
@@ -75,9 +76,12 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
             _check_collection_event_fits(op, content)
             step.membership, step.changed, step.forward_to = Membership(key), True, key
     elif isinstance(op, ArtifactUpdate):
-        step.events.append(artifacts.updated_event(op, content))
         if current is not None and current.key is not None:
+            # Its event comes from the collection step, behind the create's events that the same
+            # hop carries: emitted here, it could overtake them (SPEC §4 order).
             step.forward_to = current.key
+        else:
+            step.events.append(artifacts.updated_event(op, content))
     elif isinstance(op, ArtifactDelete):
         if current is None or (current.deleted and current.key is None):
             step.unknown_delete = True

@@ -333,8 +333,9 @@ def test_a_replay_reads_a_version_as_of_the_collection_record():
     table = Table()
     table.write(steps.apply_collections(TOPICS, records[:2], table.load))
     first = steps.apply_collections(TOPICS, records[2:], table.load)
-    [event] = first.outputs
+    event, patch = first.outputs
     assert orjson.loads(event.value)["payload"]["data"] == "one"
+    assert orjson.loads(patch.value)["event"] == "prefect.artifact.updated"
     without_crash = Table(table)
     without_crash.write(first)
     table.write(first, ("before",))

@@ -396,7 +396,8 @@ def test_a_crash_between_a_collection_batchs_state_writes_replays_exactly(writte
     table = Table()
     table.write(_collections(history, table))
     first = _collections(batch, table)
-    [event] = first.outputs
+    patch, event = first.outputs
+    assert dict(patch.headers)["prefect-event"] == b"prefect.artifact.updated"
     assert dict(event.headers)["prefect-event"] == b"prefect.artifact-collection.updated"
     assert orjson.loads(event.value)["payload"]["data"] == "one, patched"
     assert set(first.writes_before) == {collection_record.version_key(V1)}  # members inline
