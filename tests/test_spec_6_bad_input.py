@@ -224,6 +224,35 @@ def test_routing_task_results_dead_letters_the_original_bytes(bad, code):
     assert fwd.key == h.FLOW_RUN.encode() and fwd.value is good
 
 
+def _refused_after_hops(producer_key):
+    """An update over the limit refused two hops on (collections) and a task result one hop on
+    (lineage): the dead letters and the records as the producer wrote them."""
+    too_big = {"data": "x" * 1_500_000}
+    artifact_ops = [h.encode(h.create(V1, at=0)), h.encode(h.update(V1, too_big, at=1))]
+    raw = [InRecord(RAW_ARTIFACTS, 1, 100 + i, producer_key, v) for i, v in enumerate(artifact_ops)]
+    by_id = _forwarded(_route_artifacts(raw).outputs, TOPICS.artifacts_by_id)
+    by_key = _forwarded(_memberships(by_id, Table()).outputs, TOPICS.artifacts_by_key)
+    collections = _collections(by_key, Table())
+    result = h.encode(h.task_result(A, downstream=[h.materialized("x", {"m": "y" * 1_500_000})], at=0))
+    raw_result = InRecord(RAW_RESULTS, 1, 7, producer_key, result)
+    by_flow_run = _forwarded(_route_task_results([raw_result]).outputs, TOPICS.task_results_by_flow_run)
+    lineage = _lineage(by_flow_run, Table())
+    dead = [o for r in (collections, lineage) for o in r.outputs if o.topic == TOPICS.dead_letters]
+    return dead, [raw[1], raw_result]
+
+
+@pytest.mark.parametrize("producer_key", [b"producer-key", None], ids=["keyed", "unkeyed"])
+def test_a_message_refused_after_a_hop_goes_out_with_the_producers_key(producer_key):
+    """'Unchanged' (SPEC §6): key and value as the producer wrote them, not the internal key (the
+    collection key, the flow run id) a hop gave the message; the source headers name the raw
+    record, and `prefect-source-key` carries the key on through the hops."""
+    dead, records = _refused_after_hops(producer_key)
+    assert len(dead) == 2
+    for out, record in zip(dead, records, strict=True):
+        _check_dead_letter(out, record, "event_too_large")
+        assert dict(out.headers).get("prefect-source-key") == producer_key
+
+
 def test_oversized_collection_event_is_refused_before_membership_state_changes():
     """All or nothing across the worker's two steps: the membership step, which would commit the
     artifact's key, refuses a create whose collection event (one hop later) would be too large."""
@@ -236,6 +265,7 @@ def test_oversized_collection_event_is_refused_before_membership_state_changes()
     assert steps.Stamped.load(written).state is None
     [dead] = result.outputs
     assert dead.topic == TOPICS.dead_letters and dead.value == grows
+    assert dead.key == b"producer-key-0"  # the producer's, not the artifact id the hop keyed it by
     assert dict(dead.headers)["prefect-source-topic"] == RAW_ARTIFACTS.encode()
 
 

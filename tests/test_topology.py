@@ -281,7 +281,7 @@ def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collect
     )
     assert collections.outputs == [] and collections.writes == {}
     assert collections.unknown_deletes == [
-        UnknownDelete(Source(t.raw_artifacts, 0, 2), v1.encode(), deleted_already=True)
+        UnknownDelete(Source(t.raw_artifacts, 0, 2, v1.encode()), v1.encode(), deleted_already=True)
     ]
     assert len(before) == 3  # collection created, artifact created, collection deleted
 

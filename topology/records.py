@@ -17,6 +17,7 @@ from streams.errors import Invalid
 SOURCE_TOPIC = "prefect-source-topic"
 SOURCE_PARTITION = "prefect-source-partition"
 SOURCE_OFFSET = "prefect-source-offset"
+SOURCE_KEY = "prefect-source-key"
 VIA_LANE = "prefect-via-lane"
 VIA_OFFSET = "prefect-via-offset"
 REASON = "prefect-dead-letter-reason"
@@ -29,23 +30,30 @@ Headers = Sequence[tuple[str, bytes]]
 # says why).
 @dataclass(slots=True)
 class Source:
-    """Coordinates of the input record a message was first read from."""
+    """Coordinates of the input record a message was first read from, and the key the producer
+    gave it: a message refused after a hop goes to the dead letters as it came, key included."""
 
     topic: str
     partition: int
     offset: int
+    key: bytes | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
-        return [
+        headers = [
             (SOURCE_TOPIC, self.topic.encode()),
             (SOURCE_PARTITION, str(self.partition).encode()),
             (SOURCE_OFFSET, str(self.offset).encode()),
         ]
+        if self.key is not None:
+            headers.append((SOURCE_KEY, self.key))
+        return headers
 
     @classmethod
     def from_headers(cls, headers: Headers) -> Source:
         h = dict(headers)
-        return cls(h[SOURCE_TOPIC].decode(), int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]))
+        return cls(
+            h[SOURCE_TOPIC].decode(), int(h[SOURCE_PARTITION]), int(h[SOURCE_OFFSET]), h.get(SOURCE_KEY)
+        )
 
 
 @dataclass(slots=True)
@@ -128,7 +136,8 @@ def via_from_headers(headers: Headers) -> tuple[str, int]:
 
 
 def dead_letter(topic: str, key: bytes | None, value: bytes | None, source: Source, why: Invalid) -> Out:
-    """The original bytes unchanged, with where they came from and why they could not be used."""
+    """The original bytes unchanged, with where they came from and why they could not be used.
+    `key` is the producer's (Source.key), not the one a hop gave the message."""
     return Out(
         topic,
         key,

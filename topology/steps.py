@@ -52,7 +52,7 @@ class InRecord:
 
     @property
     def source(self) -> Source:
-        return Source(self.topic, self.partition, self.offset)
+        return Source(self.topic, self.partition, self.offset, self.key)
 
 
 @dataclass(slots=True)
@@ -116,7 +116,7 @@ class BatchResult:
                 self.related_truncated += 1
 
     def reject(self, topic: str, record: InRecord, source: Source, why: Invalid) -> None:
-        self.outputs.append(dead_letter(topic, record.key, record.value, source, why))
+        self.outputs.append(dead_letter(topic, source.key, record.value, source, why))
         self.dead_letters.append((source, why.bare()))
 
 
