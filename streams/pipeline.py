@@ -7,10 +7,11 @@ Streams' TopologyTestDriver: the same message sequence gives the same bytes eith
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from streams import collection, lineage, membership
+from streams import collection, lineage, membership, retention
 from streams.artifacts import Version
 from streams.collection import Collection
 from streams.envelope import Event
@@ -20,7 +21,8 @@ from streams.members import MemberSet
 from streams.membership import Membership
 from streams.messages import ArtifactOp, parse_artifact_op, parse_task_result
 
-DEFAULT_RETENTION_US = 7 * 86_400_000_000
+DEFAULT_RETENTION_US = retention.DEFAULT_RETENTION_US
+SWEEP_EVERY = 1024  # messages
 V = TypeVar("V")
 
 
@@ -73,7 +75,14 @@ class ArtifactPipeline:
 
 @dataclass(slots=True)
 class AssetPipeline:
+    """Lineage over one stream, so one watermark (streams.retention): a message at most
+    `allowed_lateness_us` behind the newest `occurred` before it gets exactly the events it would
+    get with no sweep. `clock_us` is the wall clock that caps what a message contributes to the
+    watermark (a fixed one in tests)."""
+
     retention_us: int = DEFAULT_RETENTION_US
+    allowed_lateness_us: int = retention.DEFAULT_ALLOWED_LATENESS_US
+    clock_us: Callable[[], int] = retention.wall_clock_us
     lineages: dict[str, FlowRunLineage] = field(default_factory=dict)
     watermark_us: int = 0
     _since_sweep: int = 0
@@ -88,19 +97,25 @@ class AssetPipeline:
             return Outcome(dead_letter=exc.bare())
         if key is not None and step.lineage is not None:
             self.lineages[key] = step.lineage
-        self.watermark_us = max(self.watermark_us, result.occurred_us)
+        if result.occurred_us > self.watermark_us:  # else nothing to advance: no clock read
+            self.watermark_us = retention.advance(
+                self.watermark_us, result.occurred_us, self.clock_us(), self.allowed_lateness_us
+            )
         self._since_sweep += 1
-        if self._since_sweep >= 1024:
+        if self._since_sweep >= SWEEP_EVERY:
             self.sweep()
         return Outcome(step.events)
 
     def sweep(self) -> int:
-        """Forget flow runs silent for longer than the retention; returns how many."""
+        """Forget flow runs silent for longer than the retention and the allowed lateness, by the
+        watermark; returns how many."""
         self._since_sweep = 0
         expired = [
             key
             for key, value in self.lineages.items()
-            if lineage.is_expired(value, self.watermark_us, self.retention_us)
+            if retention.forgettable(
+                value.last_seen_us, self.watermark_us, self.retention_us, self.allowed_lateness_us
+            )
         ]
         for key in expired:
             del self.lineages[key]

@@ -101,6 +101,22 @@ def cli(
             "prefect-events: error: lineage_retention_days: 0.0 is out of range (0, 36500]",
         ),
         (
+            ["config", "--allowed-lateness-hours", "-1"],
+            "prefect-events: error: allowed_lateness_hours: -1.0 is out of range [0, 876000]",
+        ),
+        (
+            ["process", "--stream", "assets", "--allowed-lateness-hours", "876001", "-"],
+            "prefect-events: error: allowed_lateness_hours: 876001.0 is out of range [0, 876000]",
+        ),
+        (
+            ["process", "--stream", "assets", "--allowed-lateness-hours", "inf", "-"],
+            "prefect-events: error: allowed_lateness_hours: inf is not a finite number",
+        ),
+        (
+            ["process", "--stream", "assets", "--allowed-lateness-hours", "a day", "-"],
+            "prefect-events: error: --allowed-lateness-hours: expected a number, got 'a day'",
+        ),
+        (
             ["config", "--dead-letter-topic", ".."],
             "prefect-events: error: dead_letter_topic: '..' is not a valid Kafka topic name",
         ),
@@ -436,6 +452,16 @@ def test_the_variables_that_are_no_settings_are_the_ones_the_repository_uses() -
             "lineage_retention_days: nan is not a finite number",
         ),
         ("PREFECT_EVENTS_COMMIT_INTERVAL_S", "3601", "commit_interval_s: 3601.0 is out of range (0, 3600]"),
+        (
+            "PREFECT_EVENTS_ALLOWED_LATENESS_HOURS",
+            "nan",
+            "allowed_lateness_hours: nan is not a finite number",
+        ),
+        (
+            "PREFECT_EVENTS_ALLOWED_LATENESS_HOURS",
+            "-0.5",
+            "allowed_lateness_hours: -0.5 is out of range [0, 876000]",
+        ),
     ],
 )
 def test_non_finite_or_huge_durations_are_refused(variable: str, value: str, message: str) -> None:
@@ -504,6 +530,71 @@ def test_process_takes_lineage_retention_from_the_environment_and_the_flag_wins(
     assert _assets_events(cli(*process, "-", stdin=THREE_TASK_RESULTS, env=one_ms)) == forgotten
     flag = ["--lineage-retention-days", "1"]
     assert _assets_events(cli(*process, *flag, "-", stdin=THREE_TASK_RESULTS, env=one_ms)) == kept
+
+
+def test_allowed_lateness_defaults_to_a_day_may_be_zero_and_is_taken_in_microseconds() -> None:
+    assert config.load(environ={}).allowed_lateness_us == 24 * 3_600_000_000
+    assert config.load({"allowed_lateness_hours": "0"}, environ={}).allowed_lateness_us == 0
+    environ = {"PREFECT_EVENTS_ALLOWED_LATENESS_HOURS": "1.5"}
+    assert config.load(environ=environ).allowed_lateness_us == 5_400_000_000
+
+
+def _task_result(task_run: str, occurred: str, flow_run: str, **fields: object) -> bytes:
+    runs = (("task_run", task_run), ("flow_run", flow_run))
+    ids = {run: f"00000000-0000-4000-8000-{n:0>12}" for run, n in runs}
+    return json.dumps(
+        {
+            "task_run_id": ids["task_run"],
+            "flow_run_id": ids["flow_run"],
+            "occurred": occurred,
+            "state": {"type": "COMPLETED", "name": "Completed"},
+            "downstream_assets": [],
+            "upstream_assets": [],
+            "upstream_task_run_ids": [],
+            "materialized_by": None,
+            "context": {run: {"id": ids[run], "name": run} for run in ("flow_run", "task_run")},
+            **fields,
+        }
+    ).encode()
+
+
+# The audit's reproduction: flow run F's task 1 on 2026-01-01 materializes x; 1,023 task results of
+# another flow run on 2026-01-09 (the sweep runs after the 1,024th message); F's task 2 of
+# 2026-01-07, 2 days behind them, consumes task 1 and materializes y.
+LATE_TASK_RESULT = b"\n".join(
+    [
+        _task_result("1", "2026-01-01T00:00:00Z", "f", downstream_assets=[{"key": "s3://x"}]),
+        *(_task_result(f"b{i:x}", "2026-01-09T00:00:00Z", "e") for i in range(1023)),
+        _task_result(
+            "2",
+            "2026-01-07T00:00:00Z",
+            "f",
+            upstream_task_run_ids=["00000000-0000-4000-8000-000000000001"],
+            downstream_assets=[{"key": "s3://y"}],
+        ),
+    ]
+)
+
+
+def test_process_takes_the_allowed_lateness_from_the_environment_and_the_flag_wins() -> None:
+    """Within the allowed lateness (48 h), task 2 gets what it gets without the filler; with none
+    it is beyond it, and the sweep forgot F (8 days behind the watermark, 6 by task 2's time)."""
+    kept = [
+        ("prefect.asset.materialization.succeeded", "s3://x", []),
+        ("prefect.asset.referenced", "s3://x", []),
+        ("prefect.asset.materialization.succeeded", "s3://y", ["s3://x"]),
+    ]
+    forgotten = [
+        ("prefect.asset.materialization.succeeded", "s3://x", []),
+        ("prefect.asset.materialization.succeeded", "s3://y", []),
+    ]
+    without_filler = b"\n".join(LATE_TASK_RESULT.splitlines()[:: 1024])
+    process = ["process", "--stream", "assets"]
+    none = {"PREFECT_EVENTS_ALLOWED_LATENESS_HOURS": "0", "PATH": "/usr/bin:/bin"}
+    assert _assets_events(cli(*process, "-", stdin=without_filler, env=none)) == kept
+    assert _assets_events(cli(*process, "-", stdin=LATE_TASK_RESULT, env=none)) == forgotten
+    flag = ["--allowed-lateness-hours", "48"]
+    assert _assets_events(cli(*process, *flag, "-", stdin=LATE_TASK_RESULT, env=none)) == kept
 
 
 UPDATE = (

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
 import spec_helpers as h
 
-from streams.pipeline import AssetPipeline
+from streams.pipeline import SWEEP_EVERY, AssetPipeline
 
 REFERENCED = "prefect.asset.referenced"
 SUCCEEDED = "prefect.asset.materialization.succeeded"
@@ -16,6 +17,21 @@ FAILED = "prefect.asset.materialization.failed"
 A, B, C, D, E = (h.uid(n, "7a") for n in (0xA, 0xB, 0xC, 0xD, 0xE))
 DAY = 86_400
 DAY_US = 86_400_000_000
+HOUR_US = 3_600_000_000
+
+
+def wall_clock_at(seconds):
+    """A fixed wall clock, T0 + seconds: what a message contributes to the sweep's watermark is
+    capped by the wall clock, and T0 is only days before the dates these tests run on."""
+    return lambda: int((h.T0 - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)).total_seconds() + seconds) * 10**6
+
+
+A_YEAR_AFTER_T0 = wall_clock_at(365 * DAY)
+
+
+def on(date):
+    """`occurred` at 00:00 UTC of an ISO date, as the helpers render it."""
+    return h.ts(base=dt.datetime.fromisoformat(date).replace(tzinfo=dt.UTC))
 
 
 def ctx_of(task_run_id, flow_run_id=h.FLOW_RUN):
@@ -389,23 +405,28 @@ def test_default_retention_is_seven_days():
     assert upstream_of(run([a, c8])) == []
 
 
-def test_sweep_forgets_expired_flow_runs():
+@pytest.mark.parametrize(
+    "newest_at, swept", [(1.5 * DAY, 0), (1.5 * DAY + 1e-6, 1)], ids=["retention+lateness", "1-us-more"]
+)
+def test_sweep_forgets_flow_runs_silent_longer_than_retention_and_allowed_lateness(newest_at, swept):
     old, fresh = h.uid(0x01, "f0"), h.uid(0x02, "f0")
-    pipeline = AssetPipeline(retention_us=DAY_US)
+    pipeline = AssetPipeline(retention_us=DAY_US, allowed_lateness_us=DAY_US // 2, clock_us=A_YEAR_AFTER_T0)
     h.run_assets([h.task_result(A, flow_run_id=old, at=0)], pipeline)
-    h.run_assets([h.task_result(B, flow_run_id=fresh, at=DAY / 2)], pipeline)
-    assert pipeline.sweep() == 0
-    h.run_assets([h.task_result(C, flow_run_id=fresh, at=DAY + 1)], pipeline)
-    assert pipeline.sweep() == 1
-    assert set(pipeline.lineages) == {fresh}
+    h.run_assets([h.task_result(B, flow_run_id=fresh, at=DAY + 1)], pipeline)
+    assert pipeline.sweep() == 0  # silent longer than the retention, not than the lateness too
+    h.run_assets([h.task_result(C, flow_run_id=fresh, at=newest_at)], pipeline)
+    assert pipeline.sweep() == swept
+    assert set(pipeline.lineages) == ({fresh} if swept else {old, fresh})
     assert pipeline.sweep() == 0
 
 
 def test_memory_stays_flat_over_many_flow_runs():
-    pipeline = AssetPipeline(retention_us=DAY_US)
+    lateness_us = 24 * HOUR_US  # the default
+    pipeline = AssetPipeline(retention_us=DAY_US, clock_us=A_YEAR_AFTER_T0)
+    assert pipeline.allowed_lateness_us == lateness_us
     peak = 0
-    step = 60  # one flow run a minute: 1440 per retention window
-    for i in range(20_000):
+    step = 60  # one flow run a minute: 2880 per retention window and allowed lateness
+    for i in range(20_000):  # 14 days
         flow_run = h.uid(i, "f0")
         downstream = [h.materialized("s3://x")] if i % 2 else []
         message = h.task_result(h.uid(i, "7a"), downstream=downstream, flow_run_id=flow_run,
@@ -413,10 +434,85 @@ def test_memory_stays_flat_over_many_flow_runs():
         outcome = pipeline.process(h.encode(message))
         assert outcome.dead_letter is None
         peak = max(peak, len(pipeline.lineages))
-    window = DAY // step + 1
-    assert peak <= window + 1024 + 1  # retention window + one sweep interval
+    window = (DAY_US + lateness_us) // (step * 10**6) + 1
+    assert peak <= window + SWEEP_EVERY + 1  # the window + one sweep interval, far below 20,000
     pipeline.sweep()
     assert len(pipeline.lineages) <= window
+
+
+# The audit's reproductions: the sweep must not change an event that a message at most the allowed
+# lateness behind the newest `occurred` gets (streams.retention.forgettable).
+
+F_TASK_1, F_TASK_2 = h.uid(0x1, "7f"), h.uid(0x2, "7f")
+OTHER_FLOW_RUN = h.uid(0x2, "f0")
+
+
+def late_task_of_a_quiet_flow_run():
+    """Flow run F's first task on 2026-01-01 and its consumer 6 days later, 2026-01-07."""
+    task_1 = h.task_result(F_TASK_1, downstream=[h.materialized("s3://x")], occurred=on("2026-01-01"))
+    task_2 = h.task_result(F_TASK_2, downstream=[h.materialized("s3://y")], upstream_runs=[F_TASK_1],
+                           occurred=on("2026-01-07"))
+    return task_1, task_2
+
+
+def other_flow_run(count, occurred):
+    """Task results of another flow run that emit nothing (no assets): event time alone."""
+    return [h.task_result(h.uid(i, "7b"), flow_run_id=OTHER_FLOW_RUN, occurred=occurred)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("lateness_hours", [48, 24 * 365])
+def test_a_message_within_the_allowed_lateness_gets_the_events_it_gets_without_any_sweep(lateness_hours):
+    """1,023 messages of another flow run on 2026-01-09 (a sweep after them, by a watermark 8 days
+    after F's last message), then F's task 2 of 2026-01-07: 2 days late, 6 days after F's last
+    message. Within the retention by its own `occurred`, it inherits x, exactly as with no filler."""
+    task_1, task_2 = late_task_of_a_quiet_flow_run()
+    filler = other_flow_run(SWEEP_EVERY - 1, on("2026-01-09"))
+    expected = [
+        materialization(task_1, {"prefect.resource.id": "s3://x"}, [], {}),
+        referenced(task_2, {"prefect.resource.id": "s3://x"}),
+        materialization(task_2, {"prefect.resource.id": "s3://y"}, ["s3://x"], {}),
+    ]
+    assert run([task_1, task_2]) == expected
+    lateness_us = lateness_hours * HOUR_US
+    pipeline = AssetPipeline(allowed_lateness_us=lateness_us, clock_us=wall_clock_at(0))
+    assert h.strip_ids(h.run_assets([task_1, *filler], pipeline)) == expected[:1]
+    assert pipeline._since_sweep == 0  # a sweep ran
+    assert h.strip_ids(h.run_assets([task_2], pipeline)) == expected[1:]
+
+
+def test_a_message_later_than_the_allowed_lateness_may_find_its_flow_run_forgotten():
+    """The same input with no allowed lateness: the 2-day-late task 2 is beyond it, and the sweep
+    forgot F (8 days behind the watermark) although 6 days by task 2's own `occurred` keep it."""
+    task_1, task_2 = late_task_of_a_quiet_flow_run()
+    filler = other_flow_run(SWEEP_EVERY - 1, on("2026-01-09"))
+    pipeline = AssetPipeline(allowed_lateness_us=0, clock_us=wall_clock_at(0))
+    assert run([task_1, *filler, task_2], pipeline=pipeline) == [
+        materialization(task_1, {"prefect.resource.id": "s3://x"}, [], {}),
+        materialization(task_2, {"prefect.resource.id": "s3://y"}, [], {}),
+    ]
+
+
+def test_a_message_from_a_clock_decades_ahead_does_not_make_the_sweep_forget_other_flow_runs():
+    """A 2099 task result (a client's bad clock) among 2026 ones: it gets its own events, and moves
+    the watermark only to the wall clock + the allowed lateness, so the sweep after it keeps F."""
+    task_1 = h.task_result(F_TASK_1, downstream=[h.materialized("s3://x")], occurred=on("2026-01-01"))
+    task_2 = h.task_result(F_TASK_2, downstream=[h.materialized("s3://y")], upstream_runs=[F_TASK_1],
+                           occurred=on("2026-01-02"))
+    ahead = h.task_result(h.uid(0xA, "7b"), downstream=[h.materialized("s3://z")],
+                          flow_run_id=OTHER_FLOW_RUN, occurred=on("2099-01-01"))
+    filler = other_flow_run(SWEEP_EVERY - 2, on("2026-01-01"))
+    now_us = int(dt.datetime(2026, 1, 2, 12, tzinfo=dt.UTC).timestamp()) * 10**6
+    pipeline = AssetPipeline(clock_us=lambda: now_us)
+    assert run([task_1, ahead, *filler, task_2], pipeline=pipeline) == [
+        materialization(task_1, {"prefect.resource.id": "s3://x"}, [], {}),
+        materialization(ahead, {"prefect.resource.id": "s3://z"}, [], {}),
+        referenced(task_2, {"prefect.resource.id": "s3://x"}),
+        materialization(task_2, {"prefect.resource.id": "s3://y"}, ["s3://x"], {}),
+    ]
+    assert pipeline._since_sweep == 1  # the sweep ran before task 2
+    assert pipeline.watermark_us == now_us + pipeline.allowed_lateness_us
+    assert set(pipeline.lineages) == {h.FLOW_RUN, OTHER_FLOW_RUN}
 
 
 # --- replay -----------------------------------------------------------------------------------

@@ -85,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DAYS",
         help="the setting lineage_retention_days [env PREFECT_EVENTS_LINEAGE_RETENTION_DAYS, default 7.0]",
     )
+    p.add_argument(
+        "--allowed-lateness-hours",
+        default=None,
+        metavar="HOURS",
+        help="the setting allowed_lateness_hours [env PREFECT_EVENTS_ALLOWED_LATENESS_HOURS, default 24.0]",
+    )
     p.add_argument("file", help="JSONL input messages, or - for stdin")
 
     p = sub.add_parser("produce", parents=[settings], help="publish each line of a file")
@@ -157,12 +163,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """Offline: the same processing code over in-memory state, events to stdout, rejects to stderr."""
-    settings = config.load({"lineage_retention_days": args.lineage_retention_days})
+    settings = config.load(
+        {
+            "lineage_retention_days": args.lineage_retention_days,
+            "allowed_lateness_hours": args.allowed_lateness_hours,
+        }
+    )
     pipeline: ArtifactPipeline | AssetPipeline
     if args.stream == "artifacts":
         pipeline = ArtifactPipeline()
     else:
-        pipeline = AssetPipeline(retention_us=settings.lineage_retention_us)
+        pipeline = AssetPipeline(
+            retention_us=settings.lineage_retention_us,
+            allowed_lateness_us=settings.allowed_lateness_us,
+        )
     out = _stdout().buffer
     with _open_input(args.file) as lines:
         for number, line in enumerate(lines, start=1):

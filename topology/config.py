@@ -76,6 +76,14 @@ class Settings:
     )
     standby_replicas: int = 0
     lineage_retention_days: float = 7.0
+    allowed_lateness_hours: float = field(
+        default=24.0,
+        metadata={
+            "help": "how far behind the newest event time a message may be and still get exactly "
+            "the events it would get if the retention sweep never ran; the sweep keeps state this "
+            "much longer than the retention"
+        },
+    )
     processing_guarantee: str = field(
         default="at_least_once",
         metadata={"help": "at_least_once (exactly_once is refused: see README, Guarantees)"},
@@ -143,6 +151,10 @@ class Settings:
     @property
     def lineage_retention_us(self) -> int:
         return int(self.lineage_retention_days * 86_400_000_000)
+
+    @property
+    def allowed_lateness_us(self) -> int:
+        return int(self.allowed_lateness_hours * 3_600_000_000)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,6 +296,8 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if not 0 < value <= high:
             raise ConfigError(f"{name}: {value} is out of range (0, {high}]")
+    if not 0 <= s.allowed_lateness_hours <= 876_000:  # 100 years, as the retention's bound
+        raise ConfigError(f"allowed_lateness_hours: {s.allowed_lateness_hours} is out of range [0, 876000]")
     if not 0.5 <= s.session_timeout_s <= 1800:
         raise ConfigError(f"session_timeout_s: {s.session_timeout_s} is out of range [0.5, 1800]")
     if not _STORE.match(s.store):

@@ -36,7 +36,10 @@ def _feed(name: str) -> list[bytes]:
 
 
 def _expected(settings: Settings, artifacts: list[bytes], results: list[bytes]) -> int:
-    a, t = ArtifactPipeline(), AssetPipeline(retention_us=settings.lineage_retention_us)
+    a = ArtifactPipeline()
+    t = AssetPipeline(
+        retention_us=settings.lineage_retention_us, allowed_lateness_us=settings.allowed_lateness_us
+    )
     return sum(
         len(o.events) + (o.dead_letter is not None)
         for o in [*(a.process(r) for r in artifacts), *(t.process(r) for r in results)]
