@@ -85,16 +85,22 @@ def test_rocksdb_keeps_each_key_in_its_partitions_database(tmp_path: Path) -> No
 
 def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(tmp_path: Path) -> None:
     """Worker.sweep's own part: the expired keys deleted from the store and handed on as
-    changelog deletions in their partitions (publishing is the broker tests' business)."""
-    settings = config.load({"store": "memory://", "lineage_retention_days": 7}, environ={})
+    changelog deletions in their partitions (publishing is the broker tests' business); each
+    partition's keys by that partition's watermark."""
+    settings = config.load(
+        {"store": "memory://", "lineage_retention_days": 7, "allowed_lateness_hours": 24}, environ={}
+    )
     worker = Worker(settings)
     day_us = 86_400_000_000
     silent = Stamped({}, {"last_seen_us": 1 * day_us, "passes_on": {}}).dump()
     recent = Stamped({}, {"last_seen_us": 5 * day_us, "passes_on": {}}).dump()
+    # As old as `silent`, in a partition whose event time is behind (a backlog): kept.
+    lagging_key = next(k for k in (b"lagging-%d" % i for i in range(100)) if partition_for(k, 4) == 0)
+    assert partition_for(b"silent", 4) != 0
     LocalStore(worker.lineage).write(
-        {b"silent": (partition_for(b"silent", 4), silent), b"recent": (0, recent)}
+        {b"silent": (partition_for(b"silent", 4), silent), b"recent": (0, recent), lagging_key: (0, silent)}
     )
-    worker.watermarks["flow runs"] = 9 * day_us
+    worker.watermarks["flow runs"] = {partition_for(b"silent", 4): 9 * day_us + 1, 0: 9 * day_us}
     changelog: list[tuple[str, bytes | None, bytes | None, int | None]] = []
 
     async def publish(outputs: Any) -> dict[tuple[str, int], int]:
@@ -103,15 +109,28 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
 
     worker._publish = publish  # type: ignore[method-assign]
     asyncio.run(worker.sweep())  # not ready (tables not recovered): nothing is touched
-    assert dict(worker.lineage.data.items()) == {b"silent": silent, b"recent": recent}
+    assert dict(worker.lineage.data.items()) == {b"silent": silent, b"recent": recent, lagging_key: silent}
     assert changelog == []
 
     worker.ready = lambda: True  # type: ignore[method-assign]
     asyncio.run(worker.sweep())
 
-    assert dict(worker.lineage.data.items()) == {b"recent": recent}
+    assert dict(worker.lineage.data.items()) == {b"recent": recent, lagging_key: silent}
     topic = worker.lineage.changelog_topic.get_topic_name()
     assert changelog == [(topic, b"silent", None, partition_for(b"silent", 4))]
+
+
+def test_a_partitions_watermark_takes_each_batch_capped_at_the_wall_clock_and_the_lateness() -> None:
+    """A message dated decades ahead moves its partition's watermark to now + the allowed lateness
+    at most; other partitions and the other swept table keep theirs."""
+    worker = Worker(config.load({"store": "memory://", "allowed_lateness_hours": 2}, environ={}))
+    hour_us, now_us = 3_600_000_000, 1_767_225_600_000_000  # 2026-01-01
+    worker.advance_watermarks("flow runs", {0: now_us - hour_us, 1: now_us}, now_us)
+    worker.advance_watermarks("flow runs", {0: now_us - 2 * hour_us, 3: 4_070_908_800_000_000}, now_us)
+    assert worker.watermarks == {
+        "flow runs": {0: now_us - hour_us, 1: now_us, 3: now_us + 2 * hour_us},
+        "deleted artifacts": {},
+    }
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")

@@ -3,6 +3,7 @@ producer keyed its records, give exactly the events of the offline pipeline."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import pytest
@@ -12,7 +13,7 @@ from streams.pipeline import ArtifactPipeline, AssetPipeline
 from tests import spec_helpers as h
 from tests.topology_driver import Driver, topics
 from topology import steps
-from topology.records import Source
+from topology.records import Source, partition_for
 from topology.steps import InRecord, UnknownDelete, in_event_time_order
 
 GOLDEN = h.GOLDEN_DIR
@@ -106,6 +107,15 @@ def test_an_artifacts_events_keep_the_order_of_its_operations_in_a_backlog(
 DAY_US = 86_400_000_000
 
 
+def _in_partition(partition: int, partitions: int, prefix: str) -> bytes:
+    """A key that partition_for puts in `partition`."""
+    return next(
+        key
+        for key in (f"{prefix}-{i}".encode() for i in range(1000))
+        if partition_for(key, partitions) == partition
+    )
+
+
 def test_retention_forgets_silent_flow_runs_and_old_tombstones_only() -> None:
     from topology.steps import Stamped, expired_flow_runs, expired_tombstones
 
@@ -118,9 +128,79 @@ def test_retention_forgets_silent_flow_runs_and_old_tombstones_only() -> None:
         b"deleted-long-ago": Stamped({}, ["report", 1 * DAY_US]).dump(),
         b"deleted-lately": Stamped({}, [None, 5 * DAY_US]).dump(),
     }
-    now, retention = 9 * DAY_US, 7 * DAY_US
-    assert expired_flow_runs(lambda: lineage.items(), now, retention) == [b"silent"]
-    assert expired_tombstones(lambda: memberships.items(), now, retention) == [b"deleted-long-ago"]
+    now, retention, lateness = {0: 9 * DAY_US}, 7 * DAY_US, 0
+    assert expired_flow_runs(lambda: lineage.items(), now, 1, retention, lateness) == [b"silent"]
+    assert expired_tombstones(lambda: memberships.items(), now, 1, retention, lateness) == [
+        b"deleted-long-ago"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("watermark_us", "expired"),
+    [(9 * DAY_US, False), (9 * DAY_US + 1, True)],
+    ids=["retention+lateness", "1-us-more"],
+)
+def test_the_sweep_keeps_state_for_the_allowed_lateness_beyond_the_retention(
+    watermark_us: int, expired: bool
+) -> None:
+    from topology.steps import Stamped, expired_flow_runs, expired_tombstones
+
+    lineage = {b"f": Stamped({}, {"last_seen_us": 1 * DAY_US, "passes_on": {}}).dump()}
+    memberships = {
+        b"deleted": Stamped({}, ["report", 1 * DAY_US]).dump(),
+        b"remembered": Stamped({"r0": [3]}, None, 1 * DAY_US).dump(),
+    }
+    now, retention, lateness = {0: watermark_us}, 7 * DAY_US, 1 * DAY_US
+    assert expired_flow_runs(lambda: lineage.items(), now, 1, retention, lateness) == (
+        [b"f"] if expired else []
+    )
+    assert expired_tombstones(lambda: memberships.items(), now, 1, retention, lateness) == (
+        [b"deleted", b"remembered"] if expired else []
+    )
+
+
+def test_each_partitions_keys_are_swept_by_that_partitions_watermark() -> None:
+    """A partition draining a backlog (event time days behind) is not swept by the event time of
+    the partitions that are live; a partition with no watermark yet is not swept at all."""
+    from topology.steps import Stamped, expired_flow_runs, expired_tombstones
+
+    live, backlog, unseen = (_in_partition(p, 3, "flow-run") for p in (0, 1, 2))
+    lineage = {
+        key: Stamped({}, {"last_seen_us": 1 * DAY_US, "passes_on": {}}).dump()
+        for key in (live, backlog, unseen)
+    }
+    deleted = {key: Stamped({}, ["report", 1 * DAY_US]).dump() for key in (live, backlog, unseen)}
+    watermarks = {0: 20 * DAY_US, 1: 3 * DAY_US}
+    retention, lateness = 7 * DAY_US, 1 * DAY_US
+    assert expired_flow_runs(lambda: lineage.items(), watermarks, 3, retention, lateness) == [live]
+    assert expired_tombstones(lambda: deleted.items(), watermarks, 3, retention, lateness) == [live]
+
+
+def test_a_batch_reports_the_newest_event_time_applied_in_each_partition() -> None:
+    """Per state partition (where a record is applied), not per batch: a raw record outside its
+    flow run's partition counts there, when it is applied after its hop."""
+    t = topics(partitions=2, raw_partitions=2)
+    first, second = (
+        next(uid for uid in (h.uid(i, "f0") for i in range(100)) if partition_for(uid.encode(), 2) == p)
+        for p in (0, 1)
+    )
+
+    def record(partition: int, offset: int, flow_run: str, at: int) -> InRecord:
+        value = h.encode(h.task_result(h.uid(offset, "7a"), flow_run_id=flow_run, at=at))
+        return InRecord(t.raw_task_results, partition, offset, flow_run.encode(), value)
+
+    batch = [
+        record(0, 0, first, 10),
+        record(0, 1, first, 5),
+        record(1, 2, second, 3),
+        record(0, 3, second, 99),  # not in its flow run's partition: re-keyed, not applied here
+    ]
+    applied = steps.apply_lineage(t, batch, lambda key, partition: None, 7 * DAY_US)
+    t0_us = (h.T0 - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
+    assert applied.watermarks_us == {0: t0_us + 10_000_000, 1: t0_us + 3_000_000}
+    assert [(o.topic, o.partition) for o in applied.outputs if o.topic != t.asset_events] == [
+        (t.task_results_by_flow_run, 1)
+    ]
 
 
 def test_a_foreign_record_on_an_internal_topic_is_a_dead_letter_not_a_crash() -> None:
@@ -357,6 +437,6 @@ def test_a_record_that_only_remembers_messages_expires_with_the_retention() -> N
         b"remembered-lately": Stamped({"r0": [4]}, None, 5 * DAY_US).dump(),
         b"live": Stamped({"r0": [5]}, ["report", None]).dump(),
     }
-    assert expired_tombstones(lambda: memberships.items(), 9 * DAY_US, 7 * DAY_US) == [
+    assert expired_tombstones(lambda: memberships.items(), {0: 9 * DAY_US}, 1, 7 * DAY_US, 0) == [
         b"remembered-long-ago"
     ]

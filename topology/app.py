@@ -19,6 +19,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 
+from streams import retention
 from topology import steps
 from topology.admin import TopicSpec
 from topology.config import Settings
@@ -95,8 +96,11 @@ class Worker:
         self.metrics = metrics or Metrics()
         self.names = TopicNames(settings)
         self.topics = self.names.topics()
-        # Greatest event time each swept table's step has seen: "now" for the retention.
-        self.watermarks = {"flow runs": 0, "deleted artifacts": 0}
+        # Per swept table, per partition: the greatest event time its step has applied there
+        # (capped by the wall clock, streams.retention.advance), "now" for that partition's
+        # retention. Kept in memory: after a restart or on a newly assigned partition it starts
+        # at 0 and sweeps nothing until messages come, which forgets later, never wrongly.
+        self.watermarks: dict[str, dict[int, int]] = {"flow runs": {}, "deleted artifacts": {}}
         self._rewinding: asyncio.Future[None] | None = None
         self.app = faust.App(
             settings.app_id,
@@ -163,7 +167,7 @@ class Worker:
         self._writing = {
             table.name: asyncio.Lock() for table in (self.memberships, self.collections, self.lineage)
         }
-        retention = s.lineage_retention_us
+        retention_us = s.lineage_retention_us
         # The stateful steps read the raw topics themselves: records the producer keyed the
         # advised way are applied where they are, the others re-keyed onto the internal topic.
         self._stateful(
@@ -180,7 +184,7 @@ class Worker:
             "lineage",
             self._channel(t.raw_task_results, t.task_results_by_flow_run),
             self.lineage,
-            lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention),
+            lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention_us),
             swept="flow runs",
         )
         self.app.timer(interval=60.0, name="retention")(self.sweep)
@@ -252,7 +256,7 @@ class Worker:
             computing = time.perf_counter()
             result = process(self.topics, batch, store.get)
             if swept is not None:
-                self.watermarks[swept] = max(self.watermarks[swept], result.watermark_us)
+                self.advance_watermarks(swept, result.watermarks_us, retention.wall_clock_us())
             # Outputs, and the records the state will refer to, acknowledged together; then the
             # state (streams.replay explains the order); then what it no longer refers to.
             publishing = time.perf_counter()
@@ -405,20 +409,33 @@ class Worker:
         ):
             self.metrics.table_keys(name, table_keys(table))
 
+    def advance_watermarks(self, swept: str, batch: Mapping[int, int], now_us: int) -> None:
+        """Take a batch's newest event time per partition into that partition's watermark."""
+        watermarks, lateness = self.watermarks[swept], self.settings.allowed_lateness_us
+        for partition, newest in batch.items():
+            watermarks[partition] = retention.advance(watermarks.get(partition, 0), newest, now_us, lateness)
+
     async def sweep(self) -> None:
-        """Retention by event time: forget flow runs silent for longer than it, and tombstones of
-        artifacts deleted longer than it ago, so neither table grows without bound. Not while
+        """Retention by event time: forget flow runs silent for longer than it (plus the allowed
+        lateness), and tombstones of artifacts deleted longer than that ago, so neither table
+        grows without bound; each partition's keys by that partition's watermark. Not while
         tables recover or partitions move: a partly recovered store could hold an expired value
         of a key whose newer one is still to come, and the sweep's tombstone would land after it."""
         if not self.ready():
             return
-        retention = self.settings.lineage_retention_us
+        s = self.settings
         for name, table, expired in (
             ("flow runs", self.lineage, steps.expired_flow_runs),
             ("deleted artifacts", self.memberships, steps.expired_tombstones),
         ):
             async with self._writing[table.name]:
-                keys = expired(_items_of(table), self.watermarks[name], retention)
+                keys = expired(
+                    _items_of(table),
+                    self.watermarks[name],
+                    s.partitions,
+                    s.lineage_retention_us,
+                    s.allowed_lateness_us,
+                )
                 forgotten: dict[bytes, Change] = {
                     key: (partition_for(key, self.settings.partitions), None) for key in keys
                 }

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
-from streams import collection, collection_record, lineage, membership, replay
+from streams import collection, collection_record, lineage, membership, replay, retention
 from streams.artifacts import Version
 from streams.collection_record import CollectionState
 from streams.envelope import Event
@@ -106,7 +106,9 @@ class BatchResult:
     unknown_deletes: list[UnknownDelete] = field(default_factory=list)
     related_truncated: int = 0
     replays_skipped: int = 0
-    watermark_us: int = 0  # greatest event time seen, for the lineage retention sweep
+    # Greatest event time applied per state partition (the record's), for the retention sweep:
+    # each partition's keys are swept by their own partition's event time (streams.retention).
+    watermarks_us: dict[int, int] = field(default_factory=dict)
 
     def emit(self, topic: str, events: Sequence[Event]) -> None:
         for event in events:
@@ -259,7 +261,8 @@ def _apply_keyed(
             if moved is not None:
                 result.outputs.append(moved)
                 continue
-        result.watermark_us = max(result.watermark_us, parsed.occurred_us)
+        if parsed.occurred_us > result.watermarks_us.get(record.partition, 0):
+            result.watermarks_us[record.partition] = parsed.occurred_us
         key = key_of(record, parsed)
         entry = None
         if key is not None:
@@ -517,29 +520,53 @@ def apply_lineage(topics: Topics, batch: Sequence[InRecord], load: Load, retenti
     )
 
 
-def expired_flow_runs(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
-    """Keys of flow runs silent for longer than the retention, as of the event-time watermark."""
-    return _expired(items, watermark_us, retention_us, lambda state: int(state["last_seen_us"]))
+def expired_flow_runs(
+    items: Callable[[], Any],
+    watermarks_us: Mapping[int, int],
+    partitions: int,
+    retention_us: int,
+    lateness_us: int,
+) -> list[bytes]:
+    """Keys of flow runs silent for longer than the retention and the allowed lateness, as of the
+    event-time watermark of their own partition (streams.retention.forgettable)."""
+    return _expired(
+        items, watermarks_us, partitions, retention_us, lateness_us, lambda state: int(state["last_seen_us"])
+    )
 
 
-def expired_tombstones(items: Callable[[], Any], watermark_us: int, retention_us: int) -> list[bytes]:
-    """Keys of artifacts deleted longer than the retention ago (live ones never expire), and of
-    records that only remember messages about an artifact not known yet."""
-    return _expired(items, watermark_us, retention_us, lambda state: state[1])
+def expired_tombstones(
+    items: Callable[[], Any],
+    watermarks_us: Mapping[int, int],
+    partitions: int,
+    retention_us: int,
+    lateness_us: int,
+) -> list[bytes]:
+    """Keys of artifacts deleted longer than the retention and the allowed lateness ago (live ones
+    never expire), and of records that only remember messages about an artifact not known yet; as
+    of the event-time watermark of their own partition."""
+    return _expired(items, watermarks_us, partitions, retention_us, lateness_us, lambda state: state[1])
 
 
 def _expired(
     items: Callable[[], Any],
-    watermark_us: int,
+    watermarks_us: Mapping[int, int],
+    partitions: int,
     retention_us: int,
+    lateness_us: int,
     last_us: Callable[[Any], int | None],
 ) -> list[bytes]:
+    """A key is swept by the watermark of the partition that holds it (partition_for, as its
+    records were applied and its changelog is written); a partition without one yet is not swept."""
+    newest = max(watermarks_us.values(), default=0)
     expired = []
     for key, raw in items():
         stamped = Stamped.load(raw)
         when = stamped.at if stamped.state is None else last_us(stamped.state)
-        if when is not None and watermark_us - when > retention_us:
-            expired.append(key)
+        # By the newest watermark first: most keys are kept, and need no partition then.
+        if when is not None and retention.forgettable(when, newest, retention_us, lateness_us):
+            watermark = watermarks_us.get(partition_for(key, partitions), 0)
+            if retention.forgettable(when, watermark, retention_us, lateness_us):
+                expired.append(key)
     return expired
 
 
