@@ -19,29 +19,49 @@ _US = timedelta(microseconds=1)
 _MAX_US = (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC) - _EPOCH) // _US
 
 
+# The forms Prefect's Event model (pendulum) reads, which `fromisoformat` alone is laxer than: it
+# also takes a dot without digits, blanks around the text or before the offset, offsets with
+# seconds (silently shifting the instant), an hour or minute with a fraction, and mixed basic and
+# extended forms. Extended (`2026-11-24T10:00:00.5`, also a week date `2026-W48-2`) or basic
+# (`20261124T100000.5`); separator T, t or a space; a fraction (`.` or `,`) only on the seconds;
+# then Z, z, or an offset in hours, ±HH, ±HH:MM or ±HHMM. `fromisoformat` then checks the ranges.
+_ISO_8601 = re.compile(
+    r"(?:[0-9]{4}-(?:[0-9]{2}-[0-9]{2}|W[0-9]{2}-[0-9])[Tt ]"  # extended
+    r"[0-9]{2}(?::[0-9]{2}(?::[0-9]{2}(?:[.,]([0-9]+))?)?)?"
+    r"|[0-9]{8}[Tt ][0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,]([0-9]+))?)?)?)"  # basic
+    r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?\Z"
+)
+
+
 def parse(value: object, where: str, *, rendered: bool = True) -> int:
     """ISO 8601 → microseconds since the epoch (UTC). Naive times are taken as UTC, as Prefect does.
 
     A time that is `rendered` (an event's `occurred`, which also feeds its UUIDv7 id) must lie in
     1970..9999 UTC; one that only ranks (an artifact's `created`) may be any instant datetime reads.
     """
+    micros, _ = _read(value, where)
+    if rendered and not 0 <= micros <= _MAX_US:
+        assert isinstance(value, str)  # _read refused anything else
+        raise Invalid("invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}")
+    return micros
+
+
+def _read(value: object, where: str) -> tuple[int, str]:
+    """Microseconds since the epoch and the fraction's digits below them (`""`: none)."""
     if not isinstance(value, str):
         raise Invalid("wrong_type", f"{where} must be an ISO 8601 string, got {type_name(value)}")
-    text = value.strip()
-    if "T" not in text.upper() and " " not in text:  # a bare date is not an instant
+    shape = _ISO_8601.match(value)
+    if shape is None:
         raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}")
-    if text[-1] in "zZ":
-        text = text[:-1] + "+00:00"
+    text = value[:-1] + "+00:00" if value[-1] in "zZ" else value
     try:
         parsed = datetime.fromisoformat(text)
     except ValueError:
         raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    micros = (parsed - _EPOCH) // _US
-    if rendered and not 0 <= micros <= _MAX_US:
-        raise Invalid("invalid_timestamp", f"{where} is outside 1970..9999 (UTC): {value[:64]!r}")
-    return micros
+    fraction = shape[1] or shape[2]
+    return (parsed - _EPOCH) // _US, fraction[6:] if fraction else ""
 
 
 #: An instant that only ranks (an artifact's `created`), in microseconds since the epoch: an int,
@@ -49,15 +69,11 @@ def parse(value: object, where: str, *, rendered: bool = True) -> int:
 #: and two creates a few hundred nanoseconds apart must still rank as their times say (SPEC §4).
 Instant = int | Decimal
 
-_FRACTION = re.compile(r"[.,]([0-9]{7,})")
-
 
 def parse_instant(value: object, where: str) -> Instant:
     """ISO 8601 → microseconds since the epoch, exactly: any instant datetime reads, every digit."""
-    micros = parse(value, where, rendered=False)
-    assert isinstance(value, str)  # parse() refused anything else
-    below = _FRACTION.search(value)
-    rest = below.group(1)[6:].rstrip("0") if below else ""
+    micros, below = _read(value, where)
+    rest = below.rstrip("0")
     if not rest:
         return micros
     with localcontext() as exact:  # datetime truncated toward the past: the rest is added

@@ -40,9 +40,21 @@ class TestTimestamps:
             ("2026-11-24T05:00:00.000001-05:00", "2026-11-24T10:00:00.000001Z"),
             ("2026-11-25T01:00:00+15:00", "2026-11-24T10:00:00.000000Z"),
             ("2026-11-24T10:00:00", "2026-11-24T10:00:00.000000Z"),  # naive = UTC, like Prefect
+            ("2026-11-24t10:00:00.5Z", "2026-11-24T10:00:00.500000Z"),
+            ("2026-11-24 10:00:00.5Z", "2026-11-24T10:00:00.500000Z"),
+            ("2026-11-24T10:00:00,5Z", "2026-11-24T10:00:00.500000Z"),
+            ("2026-11-24T10:00:00.1234569Z", "2026-11-24T10:00:00.123456Z"),  # the rest dropped
+            ("2026-11-24T10:00:00-00:00", "2026-11-24T10:00:00.000000Z"),
+            ("2026-11-24T12:30:00+0230", "2026-11-24T10:00:00.000000Z"),
+            ("2026-11-24T12:00:00+02", "2026-11-24T10:00:00.000000Z"),
+            ("2026-11-24T10:30Z", "2026-11-24T10:30:00.000000Z"),
+            ("2026-11-24T10Z", "2026-11-24T10:00:00.000000Z"),
+            ("20261124T100000.5Z", "2026-11-24T10:00:00.500000Z"),
+            ("2026-W48-2T10:00:00Z", "2026-11-24T10:00:00.000000Z"),
         ],
         ids=["Z", "+00:00", "lower-z", "no-fraction", "short-fraction", "+02:30", "-05:00",
-             "+15:00-crosses-date", "naive"],
+             "+15:00-crosses-date", "naive", "lower-t", "space", "comma", "7-digits", "-00:00",
+             "+0230", "+02", "minutes", "hour", "basic", "week-date"],
     )
     def test_occurred_forms_render_as_utc(self, given, rendered):
         [event] = _events([h.create(A, key=None, occurred=given)])
@@ -533,6 +545,19 @@ BAD_TIMESTAMPS = [
     "2026-11-24T25:00:00Z",
     "2026-11-24T10:00:00+25:00",
     "2026-11-24T10:00:00Zjunk",
+    # Forms Python's fromisoformat reads but Prefect's Event model refuses:
+    "2026-11-24T10:00:00.Z",  # a dot without digits
+    "2026-11-24T10:00:00 Z",  # a blank before the zone
+    "2026-11-24T10:00:00 +00:00",
+    " 2026-11-24T10:00:00Z",  # blanks around the text
+    "2026-11-24T10:00:00Z\n",
+    "2026-11-24T10:00:00+00:00:30",  # an offset with seconds: the instant would shift
+    "2026-11-24T10:00:00+00:00:00.000001",  # ... or with a fraction
+    "2026-11-24T10.5Z",  # a fraction of an hour or a minute, read as seconds' fraction
+    "2026-11-24T10:30.5Z",
+    "2026-11-24T100000Z",  # basic time after an extended date
+    "20261124T10:00:00Z",  # extended time after a basic date
+    "2026-11-24T1\uff10:00:00Z",  # a digit that is not ASCII (fullwidth zero)
 ]
 # Event times only: `occurred` is rendered and feeds the UUIDv7 id; `created` only ranks.
 UNRENDERABLE = [
