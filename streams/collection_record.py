@@ -18,8 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from streams import exact_json
 from streams.artifacts import Version
 from streams.collection import Collection
@@ -80,7 +78,7 @@ def version_to_json(v: Version, page: int, since: int, before: Version | None) -
 
 def load_version(artifact_id: str, raw: bytes, as_of: int) -> tuple[Version, int] | None:
     """A stored version record, its `data` (now and before `since`) as exact as the input's."""
-    value = orjson.loads(raw)
+    value = exact_json.read(raw)
     prior = value[8] if len(value) > 8 else None
     if exact_json.may_be_rounded(value[2]) or (prior is not None and exact_json.may_be_rounded(prior[0])):
         value = exact_json.reread(raw) or value

@@ -137,7 +137,7 @@ class TaskResult:
 def decode(raw: bytes) -> dict[str, Json]:
     """UTF-8 JSON object, or Invalid."""
     try:
-        value = orjson.loads(raw)
+        value = exact_json.read(raw)
     except orjson.JSONDecodeError as exc:
         raise Invalid("invalid_json", f"not UTF-8 JSON: {exc}") from None
     if not isinstance(value, dict):

@@ -262,6 +262,65 @@ def test_a_wide_integer_as_the_whole_data_is_carried_exactly(data):
     assert b'"data":' + str(data).encode() + b',"description":' in coll.value
 
 
+BEYOND_DOUBLE = 7 * 10**400 + 1  # 401 digits: orjson calls it infinity, Python's json reads it
+BEYOND_DOUBLE_BYTES = str(BEYOND_DOUBLE).encode()
+
+
+def test_integers_beyond_any_double_are_carried_exactly_by_artifact_events():
+    pipeline = ArtifactPipeline()
+    data = {"n": BEYOND_DOUBLE, "m": -BEYOND_DOUBLE, "f": 0.5, "w": 2**64}
+    n = BEYOND_DOUBLE_BYTES
+    data_bytes = b'{"n":' + n + b',"m":-' + n + b',"f":0.5,"w":18446744073709551616}'
+    [coll, _] = h.raw_events(pipeline, [h.create(A, data=data)])
+    assert b'"data":' + data_bytes + b',"description":' in coll.value
+    [updated] = h.raw_events(pipeline, [h.update(A, {"data": BEYOND_DOUBLE})])
+    assert b'"payload":{"data":' + BEYOND_DOUBLE_BYTES + b"}," in updated.value
+    [deleted] = h.raw_events(pipeline, [h.delete(A, at=2)])  # the PATCHed data, from the state
+    assert b'"data":' + BEYOND_DOUBLE_BYTES + b',"description":' in deleted.value
+    assert json.loads(deleted.value)["payload"]["data"] == BEYOND_DOUBLE
+
+
+def test_integers_beyond_any_double_are_carried_exactly_by_materializations():
+    message = h.task_result(downstream=[h.materialized("s3://d", {"rows": BEYOND_DOUBLE})])
+    [event] = h.raw_events(AssetPipeline(), [message])
+    assert b'"payload":{"rows":' + BEYOND_DOUBLE_BYTES + b"}," in event.value
+
+
+@pytest.mark.parametrize("stream", ["artifacts", "assets"])
+def test_an_integer_beyond_any_double_in_an_ignored_field_is_ignored(stream):
+    plain = h.create(A) if stream == "artifacts" else h.task_result(downstream=[h.materialized("s3://d")])
+    extra = {**plain, "ignored": [BEYOND_DOUBLE]}
+    assert h.strip_ids(_events([extra], stream)) == h.strip_ids(_events([plain], stream))
+
+
+@pytest.mark.parametrize("stream", ["artifacts", "assets"])
+@pytest.mark.parametrize(
+    "rest, reason",
+    [
+        (b'"x": NaN}', "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+        (b'"x": -Infinity}', "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+        (b'"x": 1e400}', "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+        (b'"x": "\\ud800"}', "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+        (b'"\\udfff": 1}', "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+        (b'"x": "\xff"}', "str is not valid UTF-8: surrogates not allowed: line 1 column 1 (char 0)"),
+        (b'"x": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+         "number is infinity when parsed as double: line 1 column 7 (char 6)"),
+    ],
+    ids=["NaN", "-Infinity", "1e400", "lone-surrogate", "lone-surrogate-key", "invalid-utf-8", "too-deep"],
+)
+def test_an_integer_beyond_any_double_does_not_let_in_what_orjson_refuses(stream, rest, reason):
+    why = _rejected(b'{"n": ' + BEYOND_DOUBLE_BYTES + b", " + rest, stream)
+    assert str(why) == "invalid_json: not UTF-8 JSON: " + reason
+
+
+def test_a_json_document_in_utf16_is_refused_even_with_an_integer_beyond_any_double():
+    why = _rejected(f'{{"n": {BEYOND_DOUBLE}}}'.encode("utf-16"))
+    assert str(why) == (
+        "invalid_json: not UTF-8 JSON: str is not valid UTF-8: surrogates not allowed: "
+        "line 1 column 1 (char 0)"
+    )
+
+
 @pytest.mark.parametrize("stream", ["artifacts", "assets"])
 def test_a_wide_integer_does_not_let_in_what_orjson_refuses(stream):
     why = _rejected(b'{"n": 123456789012345678901234567890, "x": NaN}', stream)

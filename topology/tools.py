@@ -21,7 +21,7 @@ def key_of(line: bytes, key_field: str | None) -> bytes | None:
     if key_field is None:
         return None
     try:
-        message: Any = orjson.loads(line)
+        message: Any = exact_json.read(line)
     except orjson.JSONDecodeError:
         return None  # not JSON: produce it unkeyed (bad input is worth testing)
     for path in key_field.split(","):
