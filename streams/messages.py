@@ -146,8 +146,9 @@ def decode(raw: bytes) -> dict[str, Json]:
 
 
 #: orjson serializes at most 254 nested containers. Only the values a message carries into its
-#: events are held to it, at the depth they take there: `data` (event → payload → data, also the
-#: deepest it sits in a state record) and a materialization's `metadata` (event → payload).
+#: events are held to it, at the depth they take there: a keyed create's `data` and an update's
+#: `changes.data` (event → payload → data, also the deepest it sits in a state record) and a
+#: materialization's `metadata` (event → payload).
 #: Fields the spec ignores may nest as deep as orjson reads (1024).
 MAX_DEPTH = 254
 _DATA_DEPTH = MAX_DEPTH - 2
@@ -187,7 +188,9 @@ def parse_artifact_op(raw: bytes) -> ArtifactOp:
     occurred = timestamps.parse(_required(msg, "occurred", ""), "occurred")
     if op == "create":
         artifact = _artifact(_object(msg, "artifact", ""))
-        if _may_nest_too_deep(raw):
+        # Only a keyed artifact's data reaches an event (its collection's); artifact.created
+        # leaves it out, so an unkeyed one may nest as deep as any field the spec ignores.
+        if artifact.key is not None and _may_nest_too_deep(raw):
             _check_depth(artifact.data, "artifact.data", _DATA_DEPTH)
         artifact.data = exact_json.at(raw, artifact.data, "artifact", "data")
         return ArtifactCreate(occurred, _context(msg), artifact)

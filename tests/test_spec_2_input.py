@@ -347,6 +347,23 @@ def test_too_deep_nesting_is_rejected_up_front():
     assert h.names(_events([h.create(A, data=ok)]))[0] == "prefect.artifact-collection.created"
 
 
+@pytest.mark.parametrize("levels", [253, 254, 600])
+def test_an_unkeyed_creates_data_reaches_no_event_so_it_may_nest_deeper(levels):
+    """artifact.created leaves data out and an unkeyed artifact joins no collection."""
+    message = h.create(A, key=None, data=h.nested(levels))
+    [event] = _events([message])
+    h.check_event_id(event)
+    del event["id"]
+    assert event == {
+        "occurred": message["occurred"],
+        "event": "prefect.artifact.created",
+        "resource": {"prefect.resource.id": "prefect.artifact." + A},
+        "related": h.ctx_related(message["context"]),
+        "payload": {"key": None, "type": "markdown", "description": message["artifact"]["description"]},
+        "follows": None,
+    }
+
+
 TASK_RUN = h.uid(0x7B, "7a")
 
 
