@@ -36,9 +36,11 @@ class Version:
 
 
 def created_event(op: ArtifactCreate, content: bytes) -> Event:
+    """Named after its key as Prefect's client names it: only a non-empty key (`if key:`). The
+    collection events keep an empty key as their name, as Prefect's server does."""
     a = op.artifact
     resource: Labels = {"prefect.resource.id": "prefect.artifact." + a.id}
-    if a.key is not None:
+    if a.key:
         resource["prefect.resource.name"] = a.key
     return envelope.build(
         occurred_us=op.occurred_us,

@@ -50,7 +50,7 @@ def coll_event(name, message, at, latest, cid=None, *, data=None, description=No
 def created_event(message):
     art = message["artifact"]
     resource = {"prefect.resource.id": "prefect.artifact." + art["id"]}
-    if art["key"] is not None:
+    if art["key"]:  # Prefect's client: `if created.key:`
         resource["prefect.resource.name"] = art["key"]
     return {
         "occurred": message["occurred"],
@@ -195,6 +195,21 @@ def test_unkeyed_create_only_artifact_created_without_name():
     description = u["artifact"]["description"]
     assert events[0]["payload"] == {"key": None, "type": "markdown", "description": description}
     assert run.pipeline.collections == {}
+
+
+def test_an_empty_key_names_its_collection_but_not_its_artifact():
+    """Prefect's server keeps a collection for any key that is not None, named "" too; its
+    client names artifact.created only after a non-empty key."""
+    run = Run()
+    c = h.create(V1, "")
+    events = run.feed(c)
+    assert events == [coll_event(CREATED, c, 0, c), created_event(c)]
+    assert events[0]["resource"]["prefect.resource.name"] == ""
+    assert events[1]["resource"] == {"prefect.resource.id": "prefect.artifact." + V1}
+    assert events[1]["payload"]["key"] == ""
+    later = h.create(V2, "", 1)
+    expected = coll_event(UPDATED, later, 1, later, collection_id("", V1))
+    assert run.feed(later) == [expected, created_event(later)]
 
 
 def test_artifact_created_payload_keeps_nulls_and_never_data():
