@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from streams import artifacts
 from streams.artifacts import COLLECTION_CREATED
-from streams.envelope import MAX_EVENT_BYTES, Event
+from streams.envelope import MAX_EVENT_BYTES, Event, prefect_size
 from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, ArtifactUpdate
 
 
@@ -98,7 +98,7 @@ def _check_collection_event_fits(op: ArtifactCreate, content: bytes) -> None:
     # orjson re-encodes `data`; its output can outgrow the input: `1e15` (4 bytes) renders as
     # `1000000000000000.0` (18), so `[1e15,1e15,...]` grows 3.8x; the key appears twice. Below
     # 5x the input cannot reach the limit; above, build the events to know.
-    if 5 * len(content) + 4096 < MAX_EVENT_BYTES:
+    if prefect_size(5 * len(content) + 4096) <= MAX_EVENT_BYTES:
         return
     artifacts.created_event(op, content)
     artifacts.collection_event(

@@ -69,7 +69,8 @@ def require_prefect_venv() -> Path:
 
 # Runs inside .venv-prefect: validate each event with the client model (prefect.events.Event,
 # what emit() builds) and the server model (what POST /api/events parses), then apply the size
-# limit the server's publisher enforces (it drops larger events without an error).
+# limit the server's publisher enforces, to the event as it publishes it, received time and all
+# (it drops larger events without an error).
 _VALIDATOR = r"""
 import json, sys
 from pydantic import ValidationError
@@ -89,10 +90,11 @@ for raw in json.load(sys.stdin):
                 msg = ".".join(str(p) for p in e["loc"]) + ": " + e["msg"]
                 if msg not in errors:
                     errors.append(msg)
-        else:
-            size = len(event.model_dump_json().encode())
-            if model is ServerEvent and size > limit:
-                errors.append(f"size: {size} bytes is over the server's limit of {limit}")
+        else:  # the server measures the event with the `received` time it adds
+            if model is ServerEvent:
+                size = len(event.receive().model_dump_json().encode())
+                if size > limit:
+                    errors.append(f"size: {size} bytes is over the server's limit of {limit}")
     results.append(errors)
 json.dump(results, sys.stdout)
 """

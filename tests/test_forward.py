@@ -35,6 +35,7 @@ from topology.forward import (
     _body,
     _chunks,
     _Item,
+    _parse,
     _retry_after,
     events_url,
     forward,
@@ -603,6 +604,20 @@ def test_request_bodies_stay_within_the_byte_limit() -> None:
     assert [len(c) for c in _chunks(batch, 22)] == [1, 1, 1]
     assert [len(c) for c in _chunks(batch, 34)] == [3]
     assert [len(c) for c in _chunks(batch, 5)] == [1, 1, 1]  # one event is always sent
+
+
+def test_an_event_the_server_would_drop_for_size_is_not_sent() -> None:
+    """Prefect's server measures the event with its `received` field (41 bytes) added."""
+    fits = b'{"id":"1","x":"' + b"a" * (1_499_959 - 17) + b'"}'
+    assert len(fits) == 1_499_959
+    item, code, reason = _parse(SimpleNamespace(value=fits))
+    assert item is not None and (item.event_id, code, reason) == ("1", "", "")
+    assert _parse(SimpleNamespace(value=fits[:-2] + b'a"}')) == (
+        None,
+        "event_too_large",
+        "event is 1499960 bytes, 1500001 with the received time Prefect's server adds, "
+        "over its limit of 1500000",
+    )
 
 
 @pytest.mark.parametrize(

@@ -180,14 +180,18 @@ class TestLimits:
         assert event.related_dropped == 0
         assert event.headers == [("prefect-event", b"prefect.test.event")]
 
-    def test_event_of_exactly_1_5_mb_passes_one_more_byte_fails(self):
+    def test_event_of_exactly_1_5_mb_with_prefects_received_field_passes_one_more_byte_fails(self):
+        """Prefect's server measures the event with `,"received":"...123456Z"` (41 bytes) added."""
         base = len(_build(payload={"x": ""}).value)
-        exact = _build(payload={"x": "a" * (1_500_000 - base)})
-        assert len(exact.value) == 1_500_000
+        exact = _build(payload={"x": "a" * (1_500_000 - 41 - base)})
+        assert len(exact.value) == 1_499_959
         with pytest.raises(Invalid) as err:
-            _build(payload={"x": "a" * (1_500_001 - base)})
-        assert err.value.code == "event_too_large"
-        assert "1500001 bytes, over 1500000" in err.value.reason
+            _build(payload={"x": "a" * (1_500_000 - 41 + 1 - base)})
+        assert (err.value.code, err.value.reason) == (
+            "event_too_large",
+            "prefect.test.event for prefect.test.1 would be 1499960 bytes, 1500001 with the received "
+            "time Prefect's server adds, over its limit of 1500000",
+        )
 
     def test_oversized_event_through_the_pipeline_is_a_dead_letter(self):
         outcome = ArtifactPipeline().process(

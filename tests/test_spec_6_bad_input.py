@@ -253,6 +253,43 @@ def test_a_message_refused_after_a_hop_goes_out_with_the_producers_key(producer_
         assert dict(out.headers).get("prefect-source-key") == producer_key
 
 
+def _sized_create(size, **kwargs):
+    """A create of V2 (key "report", latest: created at 1) whose collection event is `size` bytes."""
+    base = h.raw_events(ArtifactPipeline(), [h.create(V2, at=1, data="", **kwargs)])[0]
+    return h.create(V2, at=1, data="x" * (size - len(base.value)), **kwargs)
+
+
+def test_an_event_prefect_would_drop_for_its_received_field_dead_letters_the_whole_message():
+    """Prefect's server measures an event with its `received` field (41 bytes) added: an event of
+    1,499,960 bytes is over 1.5 MB there, so its message is refused whole (SPEC §6), before the
+    artifact.created it would also cause goes out and before the collection changes."""
+    pipeline = ArtifactPipeline()
+    h.raw_events(pipeline, [h.create(V1, at=0)])
+    before = copy.deepcopy(_state(pipeline))
+    outcome = pipeline.process(h.encode(_sized_create(1_499_960)))
+    assert outcome.events == []
+    assert str(outcome.dead_letter) == (
+        "event_too_large: prefect.artifact-collection.created for prefect.artifact-collection."
+        "00000000-0000-0000-0000-000000000000 would be 1499960 bytes, 1500001 with the received "
+        "time Prefect's server adds, over its limit of 1500000"
+    )
+    assert _state(pipeline) == before
+    [coll, created] = h.raw_events(pipeline, [_sized_create(1_499_959)])
+    assert (coll.name, len(coll.value), created.name) == (
+        "prefect.artifact-collection.updated", 1_499_959, "prefect.artifact.created",
+    )
+
+
+def test_an_update_prefect_would_drop_for_its_received_field_is_a_dead_letter():
+    base = len(h.raw_events(ArtifactPipeline(), [h.update(V1, {"data": ""})])[0].value)
+    outcome = ArtifactPipeline().process(h.encode(h.update(V1, {"data": "x" * (1_499_960 - base)})))
+    assert outcome.events == []
+    assert str(outcome.dead_letter) == (
+        f"event_too_large: prefect.artifact.updated for prefect.artifact.{V1} would be 1499960 "
+        "bytes, 1500001 with the received time Prefect's server adds, over its limit of 1500000"
+    )
+
+
 def test_oversized_collection_event_is_refused_before_membership_state_changes():
     """All or nothing across the worker's two steps: the membership step, which would commit the
     artifact's key, refuses a create whose collection event (one hop later) would be too large."""

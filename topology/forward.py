@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from yarl import URL
 
+from streams.envelope import MAX_EVENT_BYTES, prefect_size, too_large
 from topology.admin import wait_for_broker
 from topology.config import Settings
 from topology.records import (
@@ -49,11 +50,6 @@ log = logging.getLogger(__name__)
 
 # The same headers the worker's own dead letters carry (topology.records).
 _OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET})
-
-# The server refuses (silently, with a 204) events whose JSON as it re-serializes them, with its
-# `received` timestamp added, is over `events.maximum_size_bytes`; leave room for that field.
-MAX_EVENT_BYTES = 1_500_000
-_RECEIVED_FIELD_BYTES = 64
 
 # 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter.
 _FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
@@ -348,13 +344,8 @@ def _parse(record: Any) -> tuple[_Item | None, str, str]:
     value = record.value
     if not isinstance(value, bytes | bytearray):
         return None, "invalid_json", "record has no value"
-    if len(value) + _RECEIVED_FIELD_BYTES > MAX_EVENT_BYTES:
-        return (
-            None,
-            "event_too_large",
-            f"event is {len(value)} bytes; the Prefect server would refuse it (limit "
-            f"{MAX_EVENT_BYTES} bytes including its received timestamp)",
-        )
+    if prefect_size(len(value)) > MAX_EVENT_BYTES:  # the server would drop it with a 204
+        return None, "event_too_large", f"event is {too_large(len(value))}"
     try:
         event = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
