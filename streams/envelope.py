@@ -125,8 +125,17 @@ def build(
     except orjson.JSONEncodeError as exc:  # e.g. nesting past orjson's limit: a bad message
         raise Invalid("unserializable", f"{name} for {resource_id[:200]}: {exc}") from None
     if prefect_size(len(value)) > MAX_EVENT_BYTES:
-        raise Invalid("event_too_large", f"{name} for {resource_id[:200]} would be {too_large(len(value))}")
+        raise TooLarge(f"{name} for {resource_id[:200]}", len(value))
     return Event(name, resource_id, value, dropped)
+
+
+class TooLarge(Invalid):
+    """An event over MAX_EVENT_BYTES as Prefect measures it; `size` is its own length, so that a
+    caller checking an event that may happen later can say so in its own words."""
+
+    def __init__(self, what: str, size: int) -> None:
+        super().__init__("event_too_large", f"{what} would be {too_large(size)}")
+        self.size = size
 
 
 def prefect_size(value_bytes: int) -> int:

@@ -269,9 +269,9 @@ def test_an_event_prefect_would_drop_for_its_received_field_dead_letters_the_who
     outcome = pipeline.process(h.encode(_sized_create(1_499_960)))
     assert outcome.events == []
     assert str(outcome.dead_letter) == (
-        "event_too_large: prefect.artifact-collection.created for prefect.artifact-collection."
-        "00000000-0000-0000-0000-000000000000 would be 1499960 bytes, 1500001 with the received "
-        "time Prefect's server adds, over its limit of 1500000"
+        "event_too_large: whenever this artifact is the latest of key 'report', its collection "
+        "event would be 1499960 bytes, 1500001 with the received time Prefect's server adds, over "
+        "its limit of 1500000 (refused now: a later delete could make it the latest)"
     )
     assert _state(pipeline) == before
     [coll, created] = h.raw_events(pipeline, [_sized_create(1_499_959)])
@@ -288,6 +288,24 @@ def test_an_update_prefect_would_drop_for_its_received_field_is_a_dead_letter():
         f"event_too_large: prefect.artifact.updated for prefect.artifact.{V1} would be 1499960 "
         "bytes, 1500001 with the received time Prefect's server adds, over its limit of 1500000"
     )
+
+
+def test_an_older_create_too_large_to_ever_be_the_latest_is_refused_with_a_truthful_reason():
+    """It would not be the latest now (an older `created`), so no collection event would be
+    emitted for it; it is refused all the same, as a later delete of the newer version would
+    make it the latest, and the reason says so instead of naming an event that is not due."""
+    pipeline = ArtifactPipeline()
+    h.raw_events(pipeline, [h.create(V1, at=0, created=10)])
+    before = copy.deepcopy(_state(pipeline))
+    older = _sized_create(1_500_000, created=5)
+    outcome = pipeline.process(h.encode(older))
+    assert outcome.events == []
+    assert str(outcome.dead_letter) == (
+        "event_too_large: whenever this artifact is the latest of key 'report', its collection "
+        "event would be 1500000 bytes, 1500041 with the received time Prefect's server adds, over "
+        "its limit of 1500000 (refused now: a later delete could make it the latest)"
+    )
+    assert _state(pipeline) == before
 
 
 def test_oversized_collection_event_is_refused_before_membership_state_changes():
