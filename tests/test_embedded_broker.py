@@ -29,6 +29,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import UnknownError
 from aiokafka.protocol.fetch import FetchRequest
 
+from topology import config
 from topology.admin import (
     BrokerUnreachable,
     TopicMismatchError,
@@ -36,6 +37,7 @@ from topology.admin import (
     ensure_topics,
     wait_for_broker,
 )
+from topology.app import RECORD_LIMIT_BYTES, TopicNames
 from topology.embedded_broker import EmbeddedBroker, answers_kafka, free_port
 from topology.transport import FetchWaitTransport, configure_fetch_wait
 
@@ -108,6 +110,35 @@ async def test_compacted_topic_reports_cleanup_policy_compact(bootstrap_servers:
     assert configs[compacted.name]["cleanup.policy"] == "compact"
     # Kafka lists every default (delete); Tansu lists only what was set at creation (nothing).
     assert configs[plain.name].get("cleanup.policy", "delete") == "delete"
+
+
+@broker
+async def test_the_worker_creates_the_topics_it_writes_with_room_for_its_largest_records(
+    bootstrap_servers: str,
+) -> None:
+    """Kafka's default `message.max.bytes` (1 MB) is below a 1.5 MB event and a version record
+    holding two copies of an artifact's data; the raw topics keep the broker's default."""
+    names = TopicNames(config.load(config.namespaced(unique("limits")), environ={}))
+    specs = names.specs()
+    await ensure_topics(bootstrap_servers, specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, spec.name) for spec in specs]
+        )
+    finally:
+        await admin.close()
+    limits = {
+        resource["resource_name"]: {
+            e["config_names"]: e["config_value"] for e in resource["config_entries"]
+        }.get("max.message.bytes")
+        for response in responses
+        for resource in response.to_object()["resources"]
+    }
+    raw = {names.settings.artifacts_topic, names.settings.task_results_topic}
+    assert {name for name, limit in limits.items() if limit != str(RECORD_LIMIT_BYTES)} == raw
+    assert len(limits) == len(specs) == 11  # 2 raw, 3 hand-over, 2 event, dead letters, 3 changelogs
 
 
 @broker

@@ -56,6 +56,7 @@ class TopicSpec:
     partitions: int
     replication_factor: int = 1
     compacted: bool = False
+    max_message_bytes: int | None = None  # None: the broker's `message.max.bytes`
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -69,6 +70,8 @@ class TopicSpec:
 
     def new_topic(self) -> Any:
         configs = {"cleanup.policy": "compact"} if self.compacted else {}
+        if self.max_message_bytes is not None:
+            configs["max.message.bytes"] = str(self.max_message_bytes)
         return NewTopic(self.name, self.partitions, self.replication_factor, topic_configs=configs)
 
 

@@ -36,6 +36,9 @@ Table = faust.types.TableT[bytes, bytes]
 Stream = faust.Stream[bytes]
 
 
+RECORD_LIMIT_BYTES = 16 * 1024 * 1024  # `max.message.bytes` of the topics the worker writes (specs)
+
+
 @dataclass(frozen=True)
 class TopicNames:
     """Every topic the worker reads or writes, derived from Settings in one place."""
@@ -62,20 +65,32 @@ class TopicNames:
         )
 
     def specs(self) -> list[TopicSpec]:
-        """Topics created before the worker starts, all with explicit partition counts."""
+        """Topics created before the worker starts, all with explicit partition counts.
+
+        The topics the worker writes take records up to RECORD_LIMIT_BYTES, whatever the broker's
+        default (Kafka's is 1 MB): a hand-over or dead letter is a raw message plus headers, an
+        event may be up to 1.5 MB, and a collection member's version record holds its `data` and
+        `description` as of now and before its last change. A record over the limit fails its
+        batch, and the worker stops at that message (README, Known limitations). The raw topics
+        are the producers': they keep the broker's default."""
         s, t = self.settings, self.topics()
-        rf = s.replication_factor
+        rf, limit = s.replication_factor, RECORD_LIMIT_BYTES
         return [
             TopicSpec(s.artifacts_topic, s.input_partitions, rf),
             TopicSpec(s.task_results_topic, s.input_partitions, rf),
-            TopicSpec(t.artifacts_by_id, s.partitions, rf),
-            TopicSpec(t.artifacts_by_key, s.partitions, rf),
-            TopicSpec(t.task_results_by_flow_run, s.partitions, rf),
-            TopicSpec(s.artifact_events_topic, s.partitions, rf),
-            TopicSpec(s.asset_events_topic, s.partitions, rf),
-            TopicSpec(s.dead_letter_topic, s.partitions, rf),
             *(
-                TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, rf, compacted=True)
+                TopicSpec(name, s.partitions, rf, max_message_bytes=limit)
+                for name in (
+                    t.artifacts_by_id,
+                    t.artifacts_by_key,
+                    t.task_results_by_flow_run,
+                    s.artifact_events_topic,
+                    s.asset_events_topic,
+                    s.dead_letter_topic,
+                )
+            ),
+            *(
+                TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, rf, True, limit)
                 for table in TABLES
             ),
         ]
