@@ -842,3 +842,50 @@ def test_demo_on_the_embedded_broker_says_which_settings_it_overrode(
         "the embedded broker overrides store=memory:// (was rocksdb://), fetch_max_wait_ms=10 (was 50), "
         'changelog_batch_records=1 (was 0) (README, "The embedded broker")',
     ]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_sigterm_to_the_demo_stops_its_worker_and_broker(tmp_path: Path) -> None:
+    """`timeout`, a CI cancel or `kill` send SIGTERM to the demo alone: it stops its worker and its
+    broker as on Ctrl-C, instead of leaving the worker holding its port and retrying forever."""
+    import os
+    import signal
+    import time
+    import uuid
+
+    app_id = f"demo-sigterm-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "PREFECT_EVENTS_APP_ID": app_id, "PREFECT_EVENTS_METRICS_PORT": "0"}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", "demo"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    assert demo.stderr is not None
+    lines = []
+    for line in demo.stderr:  # the worker runs once the feed is produced
+        lines.append(line.decode())
+        if line.startswith(b"produced "):
+            break
+    demo.send_signal(signal.SIGTERM)
+    lines += [line.decode() for line in demo.stderr]
+    assert demo.wait(timeout=60) == 128 + signal.SIGTERM
+    assert lines[-1] == "demo: SIGTERM, stopping the worker and the broker\n"
+    deadline = time.monotonic() + 5
+    while _processes_with(f"PREFECT_EVENTS_APP_ID={app_id}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _processes_with(f"PREFECT_EVENTS_APP_ID={app_id}") == []
+
+
+def _processes_with(variable: str) -> list[int]:
+    """Live processes whose environment holds `variable` (the demo's worker inherits it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if variable.encode() in environ and state != "Z":
+            found.append(int(entry.name))
+    return found

@@ -486,6 +486,14 @@ def test_restart_uses_a_fresh_port_and_stop_is_idempotent(spare_broker: Embedded
     assert not answers_kafka(host, int(port))
 
 
+def test_a_terminals_ctrl_c_does_not_reach_the_broker(spare_broker: EmbeddedBroker) -> None:
+    """Ctrl-C signals the terminal's whole process group: the broker is in a group of its own, so
+    `worker --embedded-broker` can still commit and leave its group before it stops the broker
+    (in the same group, the broker died first and the worker's shutdown ran into its 25 s limit)."""
+    spare_broker.start()
+    assert os.getpgid(spare_broker.pid) == spare_broker.pid != os.getpgid(0)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses PR_SET_PDEATHSIG")
 def test_broker_stops_when_its_parent_is_killed() -> None:
     code = "from topology.embedded_broker import EmbeddedBroker as B; import time; "

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaConsumer
 
 from streams.pipeline import ArtifactPipeline, AssetPipeline
 from topology.config import Settings
-from topology.embedded_broker import EmbeddedBroker
+from topology.embedded_broker import EmbeddedBroker, die_with_parent
 from topology.runner import for_embedded_broker, log_overrides, prepare
 from topology.tools import produce
 
@@ -63,36 +63,18 @@ def run_demo(settings: Settings, seconds: float, *, embedded_broker: bool = True
             if k != "bootstrap_servers"
         },
     }
-    worker = None
+    workers: list[subprocess.Popen[bytes]] = []
     try:
         # The worker's log goes to a file, shown if the worker dies (a pipe nobody reads would
         # block it once full).
         with tempfile.TemporaryFile() as worker_log:
-            asyncio.run(prepare(settings))
-            process = worker = subprocess.Popen(
-                [sys.executable, "-m", "topology.cli", "worker"],
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=worker_log,
-            )
-            artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
-            # A live feed, one operation every 100 ms, keyed the advised way (artifact id, flow run).
-            asyncio.run(produce(settings, settings.artifacts_topic, artifacts, ARTIFACT_KEY, 0.1))
-            asyncio.run(produce(settings, settings.task_results_topic, results, "flow_run_id", 0.1))
-            want = _expected(settings, artifacts, results)
-            print(
-                f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
-                f"waiting for {want} events and dead letters...",
-                file=sys.stderr,
-            )
-            seen = asyncio.run(_print_events(settings, want, seconds, lambda: process.poll() is None))
-            print(f"{seen} of {want} records seen", file=sys.stderr)
-            if process.returncode is not None:
-                _show_exit(process.returncode, worker_log)
-                return 1
-            return 0 if seen >= want else 1
+            return asyncio.run(_feed_and_watch(settings, env, seconds, worker_log, workers))
+    except KeyboardInterrupt:
+        return 130
+    except asyncio.CancelledError:  # SIGTERM
+        return 128 + signal.SIGTERM
     finally:
-        if worker is not None:
+        for worker in workers:
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(timeout=30)
@@ -100,6 +82,51 @@ def run_demo(settings: Settings, seconds: float, *, embedded_broker: bool = True
                 worker.kill()
         if broker is not None:
             broker.stop()
+
+
+async def _feed_and_watch(
+    settings: Settings,
+    env: dict[str, str],
+    seconds: float,
+    worker_log: IO[bytes],
+    workers: list[subprocess.Popen[bytes]],
+) -> int:
+    """Start the worker, feed it, print what comes out. SIGTERM (a `timeout`, a CI cancel, `kill`)
+    cancels this as Ctrl-C does, so that the caller stops the worker and the broker instead of
+    leaving the worker running and holding its port."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    assert task is not None
+
+    def on_sigterm() -> None:
+        print("demo: SIGTERM, stopping the worker and the broker", file=sys.stderr)
+        task.cancel()
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    await prepare(settings)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=worker_log,
+        preexec_fn=die_with_parent(),  # and if the demo is killed outright
+    )
+    workers.append(process)
+    artifacts, results = _feed("artifacts.jsonl"), _feed("task_results.jsonl")
+    # A live feed, one operation every 100 ms, keyed the advised way (artifact id, flow run).
+    await produce(settings, settings.artifacts_topic, artifacts, ARTIFACT_KEY, 0.1)
+    await produce(settings, settings.task_results_topic, results, "flow_run_id", 0.1)
+    want = _expected(settings, artifacts, results)
+    print(
+        f"produced {len(artifacts)} artifact operations and {len(results)} task results; "
+        f"waiting for {want} events and dead letters...",
+        file=sys.stderr,
+    )
+    seen = await _print_events(settings, want, seconds, lambda: process.poll() is None)
+    print(f"{seen} of {want} records seen", file=sys.stderr)
+    if process.returncode is not None:
+        _show_exit(process.returncode, worker_log)
+        return 1
+    return 0 if seen >= want else 1
 
 
 def _show_exit(code: int, log: IO[bytes]) -> None:
@@ -123,9 +150,9 @@ async def _print_events(
         enable_auto_commit=False,
         fetch_max_wait_ms=100,
     )
-    await consumer.start()
     seen, deadline = 0, time.monotonic() + seconds
     try:
+        await consumer.start()
         while seen < want and time.monotonic() < deadline and worker_alive():
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 for r in records:

@@ -100,8 +100,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return bytes(buf)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook making Linux SIGTERM the broker when this process dies, even by SIGKILL.
+def die_with_parent() -> Callable[[], None] | None:
+    """A preexec hook making Linux SIGTERM a child (the broker, the demo's worker) when this
+    process dies, even by SIGKILL.
 
     atexit alone misses SIGKILL and an unhandled SIGTERM, and an orphaned broker keeps all data
     in RAM. The kernel ties the signal to the spawning *thread*, so it is only used from the main
@@ -184,7 +185,10 @@ class EmbeddedBroker:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent(),  # only a prctl call: safe enough with threads
+                preexec_fn=die_with_parent(),  # only a prctl call: safe enough with threads
+                # Its own process group: a terminal's Ctrl-C reaches the worker alone, which then
+                # commits and leaves its group on a broker still up, and stops it on exit.
+                start_new_session=True,
             )
         except OSError as exc:
             log_file.close()
