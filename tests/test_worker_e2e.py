@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -443,6 +444,12 @@ def test_sigterm_finishes_commits_and_exits_cleanly(
     assert worker.process.wait(timeout=60) == 0
     log = worker.log.read_text()
     assert "Traceback" not in log
+    # The worker's own lines say what happened, among Faust's. It reads 9 topics of 1 partition:
+    # 2 raw, 3 hand-over, 3 changelogs (its tables) and Faust's leader topic.
+    ours = [line.split(" prefect_events: ", 1)[1] for line in log.splitlines() if " prefect_events: " in line]
+    assert "ready: tables recovered, processing 9 partitions of 9 topics" in ours
+    assert ours[-2] == "SIGTERM: stopping: finishing the batch in hand, then committing and leaving the group"
+    assert re.fullmatch(r"stopped on SIGTERM after \d+\.\ds", ours[-1])
 
     async def committed() -> int | None:
         from aiokafka import TopicPartition

@@ -116,6 +116,7 @@ class Worker:
         # retention. Kept in memory: after a restart or on a newly assigned partition it starts
         # at 0 and sweeps nothing until messages come, which forgets later, never wrongly.
         self.watermarks: dict[str, dict[int, int]] = {"flow runs": {}, "deleted artifacts": {}}
+        self._reported_ready = False
         self._rewinding: asyncio.Future[None] | None = None
         self.app = faust.App(
             settings.app_id,
@@ -205,6 +206,7 @@ class Worker:
         self.app.timer(interval=60.0, name="retention")(self.sweep)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
         self.app.timer(interval=1.0, name="stalled-partitions")(self.rewind_stalled)
+        self.app.timer(interval=1.0, name="readiness")(self.report_readiness)
 
     def _stateful(
         self,
@@ -414,6 +416,23 @@ class Worker:
             await self.consumer.rewind_stalled(STALL_S)
         except Exception:  # the next tick tries again; a seek can fail while a rebalance begins
             log.warning("re-reading stalled partitions failed", exc_info=True)
+
+    async def report_readiness(self) -> None:
+        """One INFO line when the worker becomes ready (as /readyz says) and when it stops being,
+        among Faust's own start-up and rebalance lines."""
+        ready = self.ready()
+        if ready == self._reported_ready:
+            return
+        self._reported_ready = ready
+        if ready:
+            assigned = self.consumer.assignment()
+            log.info(
+                "ready: tables recovered, processing %d partitions of %d topics",
+                len(assigned),
+                len({tp.topic for tp in assigned}),
+            )
+        else:
+            log.info("not ready: partitions are moving or tables recovering")
 
     async def measure_tables(self) -> None:
         """Keys per table: exact for memory://, RocksDB's own estimate for rocksdb:// (no scan)."""

@@ -16,6 +16,7 @@ import os
 import signal
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 import faust
@@ -146,6 +147,7 @@ class _FaustWorker(faust.Worker):
     shutdown_timeout_s: float = 0.0
     on_forced_exit: Callable[[], None] = staticmethod(lambda: None)
     _watchdog: threading.Timer | None = None
+    _stopping: tuple[str, float] | None = None  # the signal that began the shutdown, and when
 
     def _on_sigusr2(self) -> None:
         diagnostics.ignore_debugger_signal()
@@ -153,6 +155,16 @@ class _FaustWorker(faust.Worker):
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
         """Faust's stop waits for the broker (the commit, leaving the group) without a bound: with
         the broker gone it never ended, and an orchestrator's SIGKILL came without a word."""
+        if self._stopping is None:
+            self._stopping = (signal.name, time.monotonic())
+            log.info(
+                "%s: stopping: finishing the batch in hand, then committing and leaving the group",
+                signal.name,
+            )
+        else:
+            log.info(
+                "%s while stopping: still stopping (at most %gs in all)", signal.name, self.shutdown_timeout_s
+            )
         if not self._signal_stop_time and self.shutdown_timeout_s:
             self._watchdog = threading.Timer(self.shutdown_timeout_s, self._force_exit, args=(signal,))
             self._watchdog.daemon = True
@@ -163,6 +175,9 @@ class _FaustWorker(faust.Worker):
         """Faust's shutdown is over: what is left (stopping the embedded broker) is not its wait."""
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._stopping is not None:
+            name, started = self._stopping
+            log.info("stopped on %s after %.1fs", name, time.monotonic() - started)
 
     def _force_exit(self, signal: signal.Signals) -> None:
         log.error(
