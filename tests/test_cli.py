@@ -249,6 +249,18 @@ def test_unreachable_broker_is_one_line_and_exit_1(args: list[str]) -> None:
     )
 
 
+@pytest.mark.parametrize("command", ["produce", "tail"])
+@pytest.mark.parametrize("topic", ["bad topic", "", "a,b", "..", "t\u00e9"])
+def test_a_topic_kafka_would_refuse_is_one_line_before_kafka(command: str, topic: str) -> None:
+    """aiokafka retries the metadata of a topic name Kafka refuses forever, ten lines a second:
+    the name is checked as the settings' topic names are, before the broker is asked anything."""
+    result = cli(command, "--topic", topic, *UNREACHABLE, *(["-"] if command == "produce" else []))
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: --topic: {topic!r} is not a valid Kafka topic name\n",
+    )
+
+
 @pytest.mark.parametrize(
     ("data_dir", "problem"),
     [

@@ -217,6 +217,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
     from topology.tools import produce
 
     settings = _settings(args)
+    config.topic_name("--topic", args.topic)
     with _open_input(args.file) as lines:
         count = asyncio.run(produce(settings, args.topic, lines, args.key_field))
     print(f"produced {count} records to {args.topic}", file=sys.stderr)
@@ -227,6 +228,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     from topology.tools import tail
 
     settings = _settings(args)
+    config.topic_name("--topic", args.topic)
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be >= 1")
     out = _stdout()

@@ -241,6 +241,14 @@ def servers(value: str) -> str:
     return ",".join(parts)
 
 
+def topic_name(name: str, value: str) -> str:
+    """`value` if Kafka takes it as a topic name, else ConfigError naming `name` (a setting or a
+    flag): a client given a bad one retries its metadata request forever."""
+    if not _TOPIC.fullmatch(value) or value in (".", ".."):  # Kafka refuses "." and ".."
+        raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
+    return value
+
+
 def validate(s: Settings) -> None:
     """Raise ConfigError with one line naming the bad setting."""
     for name in (
@@ -251,9 +259,7 @@ def validate(s: Settings) -> None:
         "dead_letter_topic",
         "app_id",
     ):
-        value = getattr(s, name)
-        if not _TOPIC.fullmatch(value) or value in (".", ".."):  # Kafka refuses "." and ".."
-            raise ConfigError(f"{name}: {value!r} is not a valid Kafka topic name")
+        topic_name(name, getattr(s, name))
     topics = [
         s.artifacts_topic,
         s.task_results_topic,
