@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -401,6 +402,40 @@ def test_bootstrap_servers_are_stored_without_kafka_scheme_for_every_client() ->
 def test_bad_environment_names_the_variable() -> None:
     with pytest.raises(ConfigError, match=r"^PREFECT_EVENTS_BATCH_SIZE: expected an integer, got 'lots'$"):
         config.load(environ={"PREFECT_EVENTS_BATCH_SIZE": "lots"})
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("KAFKA_BOOTSTRAP_SERVERS", b"h\xff:9092"),
+        ("PREFECT_EVENTS_DATA_DIR", b"/tmp/\xff"),
+        ("PREFECT_EVENTS_APP_ID", b"a\xff"),
+        ("PREFECT_EVENTS_PARTITIONS", b"\xff"),
+        ("PREFECT_EVENTS_LOG_LEVEL", b"INFO\xc3"),  # a UTF-8 sequence cut short
+    ],
+)
+@pytest.mark.parametrize("command", ["config", "worker"])
+def test_a_variable_that_is_not_utf8_is_one_line(command: str, variable: str, value: bytes) -> None:
+    """Such bytes reach Python as lone surrogates, which orjson (config) and the Kafka clients
+    (worker) refused with a traceback."""
+    env = {"PATH": "/usr/bin:/bin", variable: os.fsdecode(value)}
+    result = cli(command, "--broker-wait-s", "1", "--metrics-port", "0", env=env)
+    assert "Traceback" not in result.stderr.decode(errors="replace")
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"prefect-events: error: {variable}: {value!r} is not valid UTF-8\n".encode(),
+    )
+
+
+def test_a_flag_or_value_that_is_not_utf8_is_named() -> None:
+    result = cli("config", "--data-dir", os.fsdecode(b"/tmp/\xff"), env={"PATH": "/usr/bin:/bin"})
+    assert (result.returncode, result.stderr) == (
+        2,
+        b"prefect-events: error: --data-dir: b'/tmp/\\xff' is not valid UTF-8\n",
+    )
+    with pytest.raises(ConfigError) as raised:
+        config.load(environ={"PREFECT_EVENTS_STORE": "memory://\ud800"})  # no byte makes this one
+    assert str(raised.value) == "PREFECT_EVENTS_STORE: 'memory://\\ud800' is not valid UTF-8"
 
 
 def test_a_prefect_events_variable_that_is_no_setting_is_warned_about() -> None:

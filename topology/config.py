@@ -193,7 +193,24 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     )
 
 
+def _utf8(name: str, raw: Any) -> Any:
+    """`raw`, unless it is a str that cannot be UTF-8: bytes that are not UTF-8 in the environment
+    or the command line reach Python as lone surrogates (PEP 383), which orjson, the Kafka clients
+    and the logs refuse to encode, far from the variable or flag that brought them."""
+    if isinstance(raw, str):
+        try:
+            raw.encode()
+        except UnicodeEncodeError:
+            try:
+                shown = repr(raw.encode("utf-8", "surrogateescape"))  # the bytes as they were given
+            except UnicodeEncodeError:
+                shown = ascii(raw)
+            raise ConfigError(f"{name}: {shown} is not valid UTF-8") from None
+    return raw
+
+
 def _coerce(name: str, raw: Any, kind: type) -> Any:
+    raw = _utf8(name, raw)
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
     text = str(raw).strip()
