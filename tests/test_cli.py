@@ -290,6 +290,20 @@ def test_worker_creates_a_missing_data_dir(tmp_path: Path) -> None:
     assert result.returncode == 1 and "cannot reach Kafka at 127.0.0.1:1" in result.stderr.decode()
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "-0.0"])
+@pytest.mark.parametrize(("command", "flag"), [("tail", "--timeout"), ("demo", "--seconds")])
+def test_a_duration_flag_must_be_finite_and_positive(command: str, flag: str, value: str) -> None:
+    """`tail --timeout nan` never timed out; `demo --seconds 0` ran the whole start-up to give up
+    at once. Refused as the duration settings are, before the broker is asked."""
+    topic = ["--topic", "t"] if command == "tail" else []
+    result = cli(command, *topic, f"{flag}={value}", *UNREACHABLE)
+    assert "Traceback" not in result.stderr.decode()
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: {flag} must be a finite number of seconds > 0\n",
+    )
+
+
 def test_forward_batch_size_below_1_is_one_line() -> None:
     result = cli("forward", "--to", "http://127.0.0.1:1/api", "--forward-batch-size", "0")
     assert (result.returncode, result.stderr.decode()) == (

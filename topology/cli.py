@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import math
 import os
 import signal
 import sys
@@ -158,6 +159,13 @@ def _settings(args: argparse.Namespace) -> Settings:
     return config.load(overrides)
 
 
+def _require_seconds(flag: str, value: float | None) -> None:
+    """A duration flag, checked as the duration settings are: nan never compares past a deadline
+    (the wait was endless), and 0 or less gives up before anything could happen."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a finite number of seconds > 0")
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 
@@ -210,7 +218,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     # A broker given by flag or environment is used; else the demo brings its own.
     given = args.bootstrap_servers is not None or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    return run_demo(_settings(args), seconds=args.seconds, embedded_broker=not given)
+    settings = _settings(args)
+    _require_seconds("--seconds", args.seconds)
+    return run_demo(settings, seconds=args.seconds, embedded_broker=not given)
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -231,6 +241,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     config.topic_name("--topic", args.topic)
     if args.max is not None and args.max < 1:
         raise UsageError("--max must be >= 1")
+    _require_seconds("--timeout", args.timeout)
     out = _stdout()
     asyncio.run(tail(settings, args.topic, out, args.from_beginning, args.max, args.timeout, args.meta))
     return 0
