@@ -820,6 +820,77 @@ def test_tail_stops_after_max_records_across_partitions(
     assert (count, out.getvalue().splitlines()) == (len(printed), printed)
 
 
+def test_produce_sends_records_as_large_as_the_workers_and_names_each_line_too_large(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """aiokafka's 1 MB default request size made a 1.1 MB line a traceback: the producer now takes
+    what the worker's topics take, and a line over that is one line by its number, the rest sent."""
+    from topology.admin import TopicSpec, ensure_topics
+    from topology.app import RECORD_LIMIT_BYTES
+
+    topic = f"cli-large-{tmp_path.name}"
+    asyncio.run(ensure_topics(bootstrap_servers, [TopicSpec(topic, 1, max_message_bytes=RECORD_LIMIT_BYTES)]))
+    big, too_big = b"x" * 1_100_000, b"y" * RECORD_LIMIT_BYTES
+    stdin = b"\n".join([b'{"a": 1}', big, too_big, b"", b'{"b": 2}']) + b"\n"
+    result = cli("produce", "--topic", topic, "--bootstrap-servers", bootstrap_servers, "-", stdin=stdin)
+    assert "Traceback" not in result.stderr.decode()
+    assert (result.returncode, result.stderr.decode().splitlines()) == (
+        1,
+        [
+            f"prefect-events: error: line 3 ({RECORD_LIMIT_BYTES} bytes) is too large: a record may "
+            f"be {RECORD_LIMIT_BYTES} bytes with its key and framing",
+            f"produced 3 records to {topic}; 1 refused (above)",
+        ],
+    )
+
+
+class RefusingProducer:
+    """aiokafka's producer as the broker answers a record over the topic's max.message.bytes."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.sent: list[bytes] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None) -> asyncio.Future[None]:
+        from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
+
+        future = asyncio.get_running_loop().create_future()
+        if len(value) > 10:
+            future.set_exception(MessageSizeTooLargeError())
+        elif len(value) > 5:
+            future.set_exception(RecordListTooLargeError())
+        else:
+            future.set_result(None)
+        return future
+
+
+def test_produce_names_each_line_the_broker_refuses_as_too_large(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from topology import cli as cli_module
+    from topology import tools
+
+    async def broker_answers(*args: object, **kwargs: object) -> None:
+        pass
+
+    monkeypatch.setattr(tools, "wait_for_broker", broker_answers)
+    monkeypatch.setattr(tools, "AIOKafkaProducer", RefusingProducer)
+    (tmp_path / "in").write_bytes(b"1\n" + b"x" * 11 + b"\n2\n" + b"y" * 6 + b"\n3\n")
+    assert cli_module.main(["produce", "--topic", "t", str(tmp_path / "in")]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "prefect-events: error: line 2 (11 bytes) was refused by the broker as too large "
+        "(MessageSizeTooLargeError; the topic's max.message.bytes)",
+        "prefect-events: error: line 4 (6 bytes) was refused by the broker as too large "
+        "(RecordListTooLargeError; the topic's max.message.bytes)",
+        "produced 3 records to t; 2 refused (above)",
+    ]
+
+
 # `worker --embedded-broker` with a stand-in broker, stopped once its settings are made.
 FAKE_EMBEDDED_WORKER = """
 import sys

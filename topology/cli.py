@@ -224,12 +224,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from topology.tools import produce
+    from topology.tools import RecordsRefused, produce
 
     settings = _settings(args)
     config.topic_name("--topic", args.topic)
     with _open_input(args.file) as lines:
-        count = asyncio.run(produce(settings, args.topic, lines, args.key_field))
+        try:
+            count = asyncio.run(produce(settings, args.topic, lines, args.key_field))
+        except RecordsRefused as exc:
+            for reason in exc.reasons:
+                print(f"{PROG}: error: {reason}", file=sys.stderr)
+            print(
+                f"produced {exc.produced} records to {args.topic}; "
+                f"{len(exc.reasons)} refused (above)",
+                file=sys.stderr,
+            )
+            return 1
     print(f"produced {count} records to {args.topic}", file=sys.stderr)
     return 0
 

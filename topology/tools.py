@@ -9,9 +9,11 @@ from typing import IO, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 
 from streams import exact_json
 from topology.admin import wait_for_broker
+from topology.app import RECORD_LIMIT_BYTES
 from topology.config import Settings
 
 
@@ -36,6 +38,19 @@ def key_of(line: bytes, key_field: str | None) -> bytes | None:
     return None
 
 
+class RecordsRefused(Exception):
+    """Lines the producer or the broker refused as too large, each a one-line reason by its line
+    number; the other lines were produced (`produced` of them)."""
+
+    def __init__(self, reasons: list[str], produced: int) -> None:
+        super().__init__(reasons[0])
+        self.reasons, self.produced = reasons, produced
+
+
+# Kafka's answers to a record (batch) over the topic's max.message.bytes.
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError)
+
+
 async def produce(
     settings: Settings,
     topic: str,
@@ -43,25 +58,60 @@ async def produce(
     key_field: str | None,
     interval_s: float = 0.0,
 ) -> int:
-    """Publish each non-blank line; with `interval_s`, one at a time like a live producer."""
+    """Publish each non-blank line; with `interval_s`, one at a time like a live producer.
+
+    Records may be as large as those the worker writes (RECORD_LIMIT_BYTES); a line over that, or
+    one the broker refuses as too large (the raw topics keep the broker's limit, 1 MB on Kafka),
+    is skipped and the rest produced, then RecordsRefused names each by line number."""
     await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        acks="all",
+        linger_ms=5,
+        max_request_size=RECORD_LIMIT_BYTES,
+    )
     await producer.start()
     count = 0
+    refused: list[str] = []
+    pending: list[tuple[int, int, asyncio.Future[Any]]] = []
+
+    async def settle() -> None:
+        nonlocal count
+        results = await asyncio.gather(*(f for _, _, f in pending), return_exceptions=True)
+        for (number, size, _), result in zip(pending, results, strict=True):
+            if isinstance(result, _TOO_LARGE):
+                refused.append(
+                    f"line {number} ({size} bytes) was refused by the broker as too large "
+                    f"({type(result).__name__}; the topic's max.message.bytes)"
+                )
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                count += 1
+        pending.clear()
+
     try:
-        pending = []
-        for line in lines:
+        for number, line in enumerate(lines, start=1):
             raw = line.rstrip(b"\r\n")
             if not raw.strip():
                 continue
-            pending.append(await producer.send(topic, raw, key=key_of(raw, key_field)))
-            count += 1
+            try:
+                future = await producer.send(topic, raw, key=key_of(raw, key_field))
+            except MessageSizeTooLargeError:
+                refused.append(
+                    f"line {number} ({len(raw)} bytes) is too large: a record may be "
+                    f"{RECORD_LIMIT_BYTES} bytes with its key and framing"
+                )
+                continue
+            pending.append((number, len(raw), future))
             if interval_s:
-                await asyncio.gather(*pending)
+                await settle()
                 await asyncio.sleep(interval_s)
-        await asyncio.gather(*pending)
+        await settle()
     finally:
         await producer.stop()
+    if refused:
+        raise RecordsRefused(refused, count)
     return count
 
 
