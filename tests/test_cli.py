@@ -913,25 +913,51 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.parametrize(
-    ("flags", "overrides", "wait"),
+    ("flags", "servers", "overrides", "wait"),
     [
         (
             ["--fetch-max-wait-ms", "100", "--store", "rocksdb://"],
+            None,
             "store=memory:// (was rocksdb://), fetch_max_wait_ms=10 (was 100), "
             "changelog_batch_records=1 (was 0)",
             10,
         ),
-        (["--store", "memory://", "--fetch-max-wait-ms", "5"], "changelog_batch_records=1 (was 0)", 5),
-        (["--store", "memory://", "--fetch-max-wait-ms", "10", "--changelog-batch-records", "1"], None, 10),
+        (["--store", "memory://", "--fetch-max-wait-ms", "5"], None, "changelog_batch_records=1 (was 0)", 5),
+        (
+            ["--store", "memory://", "--fetch-max-wait-ms", "10", "--changelog-batch-records", "1"],
+            None,
+            None,
+            10,
+        ),
+        (
+            ["--bootstrap-servers", "1.2.3.4:9092", "--fetch-max-wait-ms", "5"],
+            None,
+            "bootstrap_servers=127.0.0.1:1 (was 1.2.3.4:9092), store=memory:// (was rocksdb://), "
+            "changelog_batch_records=1 (was 0)",
+            5,
+        ),
+        (
+            ["--store", "memory://", "--fetch-max-wait-ms", "10", "--changelog-batch-records", "1"],
+            "k1:9092,k2:9092",
+            "bootstrap_servers=127.0.0.1:1 (was k1:9092,k2:9092)",
+            10,
+        ),
     ],
+    ids=["defaults", "some", "none", "broker by flag", "broker by variable"],
 )
 def test_embedded_broker_worker_says_which_settings_it_overrode(
-    flags: list[str], overrides: str | None, wait: int
+    flags: list[str], servers: str | None, overrides: str | None, wait: int
 ) -> None:
+    """Given settings it does not take are named, the broker address too when the user gave one
+    (KAFKA_BOOTSTRAP_SERVERS is `servers`)."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    if servers is not None:
+        env["KAFKA_BOOTSTRAP_SERVERS"] = servers
     result = subprocess.run(
         [sys.executable, "-c", FAKE_EMBEDDED_WORKER, "worker", "--embedded-broker", *flags],
         capture_output=True,
         cwd=ROOT,
+        env=env,
         timeout=60,
     )
     *logged, last = result.stderr.decode().splitlines()

@@ -159,6 +159,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return config.load(overrides)
 
 
+def _broker_given(args: argparse.Namespace) -> bool:
+    """The user named a broker, by flag or environment (set empty, the variable is unset)."""
+    return args.bootstrap_servers is not None or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+
+
 def _require_seconds(flag: str, value: float | None) -> None:
     """A duration flag, checked as the duration settings are: nan never compares past a deadline
     (the wait was endless), and 0 or less gives up before anything could happen."""
@@ -210,17 +215,18 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from topology.runner import run_worker
 
-    return run_worker(_settings(args), embedded_broker=args.embedded_broker)
+    return run_worker(
+        _settings(args), embedded_broker=args.embedded_broker, broker_given=_broker_given(args)
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from topology.demo import run_demo
 
-    # A broker given by flag or environment is used; else the demo brings its own.
-    given = args.bootstrap_servers is not None or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     settings = _settings(args)
     _require_seconds("--seconds", args.seconds)
-    return run_demo(settings, seconds=args.seconds, embedded_broker=not given)
+    # A broker given by flag or environment is used; else the demo brings its own.
+    return run_demo(settings, seconds=args.seconds, embedded_broker=not _broker_given(args))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:

@@ -122,20 +122,24 @@ def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
     )
 
 
-def overridden(before: Settings, after: Settings) -> str:
-    """The settings `for_embedded_broker` changed, other than the broker address (logged on its
-    own), as `name=value (was value)`; empty when the user's were those already."""
+def overridden(before: Settings, after: Settings, *, broker_given: bool = False) -> str:
+    """The settings `for_embedded_broker` changed, as `name=value (was value)`; empty when the
+    user's were those already. The broker address only when the user gave one (`broker_given`):
+    the default's replacement is logged on its own line."""
     return ", ".join(
         f"{f.name}={getattr(after, f.name)} (was {getattr(before, f.name)})"
         for f in dataclasses.fields(Settings)
-        if f.name != "bootstrap_servers" and getattr(after, f.name) != getattr(before, f.name)
+        if (broker_given or f.name != "bootstrap_servers")
+        and getattr(after, f.name) != getattr(before, f.name)
     )
 
 
-def log_overrides(before: Settings, after: Settings, write: Callable[[str], object]) -> None:
+def log_overrides(
+    before: Settings, after: Settings, write: Callable[[str], object], *, broker_given: bool = False
+) -> None:
     """One line naming what the embedded broker overrode, if anything: flags and variables that
     were given and not taken should not go unnoticed."""
-    changed = overridden(before, after)
+    changed = overridden(before, after, broker_given=broker_given)
     if changed:
         write(f'the embedded broker overrides {changed} (README, "The embedded broker")')
 
@@ -198,9 +202,11 @@ def run_worker(
     settings: Settings,
     *,
     embedded_broker: bool = False,
+    broker_given: bool = False,
     on_ready: Callable[[Settings], None] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT. With `embedded_broker`, a Tansu broker lives as long as we do."""
+    """Run until SIGTERM/SIGINT. With `embedded_broker`, a Tansu broker lives as long as we do
+    (`broker_given`: the user named a broker, which it replaces)."""
     limit_malloc_arenas()
     logs.configure(settings)
     check_data_dir(settings)
@@ -209,7 +215,7 @@ def run_worker(
         broker = EmbeddedBroker().start()
         given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
         log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
-        log_overrides(given, settings, log.info)
+        log_overrides(given, settings, log.info, broker_given=broker_given)
     try:
         loop = asyncio.new_event_loop()
         try:
