@@ -166,6 +166,15 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
             "prefect-events config: error: argument --commit-interval-s: expected one argument",
         ),
         ([], "prefect-events: error: the following arguments are required: COMMAND"),
+        # argparse took 3 as the file and reported the file as the unknown flag's argument
+        (
+            ["process", "--stream", "artifacts", "--partitions", "3", "/dev/null"],
+            "prefect-events: error: unrecognized arguments: --partitions",
+        ),
+        (
+            ["process", "--stream", "artifacts", "/dev/null", "more"],
+            "prefect-events: error: unrecognized arguments: more",
+        ),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(args: list[str], message: str) -> None:

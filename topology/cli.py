@@ -331,7 +331,12 @@ def _stdout() -> TextIO:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # An unknown flag's value is taken as the next positional argument, and the one it
+        # displaced is what is reported (`--partitions /dev/null`): name the unknown flags alone.
+        flags = [arg for arg in extra if arg.startswith("-") and arg != "-"]
+        parser.error(f"unrecognized arguments: {' '.join(flags or extra)}")
     try:
         return COMMANDS[args.command](args)
     except (UsageError, ConfigError) as exc:
