@@ -461,6 +461,15 @@ def test_a_flag_or_value_that_is_not_utf8_is_named() -> None:
     assert str(raised.value) == "PREFECT_EVENTS_STORE: 'memory://\\ud800' is not valid UTF-8"
 
 
+def test_forward_group_id_that_is_not_utf8_is_one_line() -> None:
+    group = os.fsdecode(b"g\xff")
+    result = cli("forward", "--to", "http://127.0.0.1:1/api", "--group-id", group, *UNREACHABLE)
+    assert (result.returncode, result.stderr) == (
+        2,
+        b"prefect-events: error: --group-id: b'g\\xff' is not valid UTF-8\n",
+    )
+
+
 def test_a_prefect_events_variable_that_is_no_setting_is_warned_about() -> None:
     env = {"PATH": "/usr/bin:/bin", "PREFECT_EVENTS_BOGUS": "1", "PREFECT_EVENTS_PARTITIONS": "8"}
     result = cli("config", env=env)

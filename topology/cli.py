@@ -274,6 +274,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
         raise UsageError(f"--to: {exc}") from None
     if args.forward_batch_size < 1:
         raise UsageError("--forward-batch-size must be >= 1")
+    if args.group_id is not None:
+        config.utf8("--group-id", args.group_id)  # else the Kafka client's traceback on joining
     logs.configure(settings)  # as the worker does: log_level and log_format apply
 
     async def main() -> int:

@@ -193,7 +193,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     )
 
 
-def _utf8(name: str, raw: Any) -> Any:
+def utf8(name: str, raw: Any) -> Any:
     """`raw`, unless it is a str that cannot be UTF-8: bytes that are not UTF-8 in the environment
     or the command line reach Python as lone surrogates (PEP 383), which orjson, the Kafka clients
     and the logs refuse to encode, far from the variable or flag that brought them."""
@@ -210,7 +210,7 @@ def _utf8(name: str, raw: Any) -> Any:
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:
-    raw = _utf8(name, raw)
+    raw = utf8(name, raw)
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
     text = str(raw).strip()
