@@ -843,8 +843,7 @@ def test_produce_sends_records_as_large_as_the_workers_and_names_each_line_too_l
 ) -> None:
     """aiokafka's 1 MB default request size made a 1.1 MB line a traceback: the producer now takes
     what the worker's topics take, and a line over that is one line by its number, the rest sent."""
-    from topology.admin import TopicSpec, ensure_topics
-    from topology.app import RECORD_LIMIT_BYTES
+    from topology.admin import RECORD_LIMIT_BYTES, TopicSpec, ensure_topics
 
     topic = f"cli-large-{tmp_path.name}"
     asyncio.run(ensure_topics(bootstrap_servers, [TopicSpec(topic, 1, max_message_bytes=RECORD_LIMIT_BYTES)]))

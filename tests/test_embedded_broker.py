@@ -31,13 +31,14 @@ from aiokafka.protocol.fetch import FetchRequest
 
 from topology import config
 from topology.admin import (
+    RECORD_LIMIT_BYTES,
     BrokerUnreachable,
     TopicMismatchError,
     TopicSpec,
     ensure_topics,
     wait_for_broker,
 )
-from topology.app import RECORD_LIMIT_BYTES, TopicNames
+from topology.app import TopicNames
 from topology.embedded_broker import EmbeddedBroker, answers_kafka, free_port
 from topology.transport import FetchWaitTransport, configure_fetch_wait
 

@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
 
 __all__ = [
+    "RECORD_LIMIT_BYTES",
     "AdminError",
     "BrokerUnreachable",
     "TopicMismatchError",
@@ -28,6 +29,10 @@ __all__ = [
     "ensure_topics",
     "wait_for_broker",
 ]
+
+# `max.message.bytes` of the topics the worker writes (topology.app.TopicNames.specs says why),
+# and the largest record `prefect-events produce` sends.
+RECORD_LIMIT_BYTES = 16 * 1024 * 1024
 
 _NO_ERROR = 0
 _UNKNOWN_TOPIC = 3

@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaProducer
 
 from streams import retention
 from topology import steps
-from topology.admin import TopicSpec
+from topology.admin import RECORD_LIMIT_BYTES, TopicSpec
 from topology.config import Settings
 from topology.metrics import Metrics
 from topology.publish import Lane, publish
@@ -34,9 +34,6 @@ log = logging.getLogger("prefect_events")
 
 Table = faust.types.TableT[bytes, bytes]
 Stream = faust.Stream[bytes]
-
-
-RECORD_LIMIT_BYTES = 16 * 1024 * 1024  # `max.message.bytes` of the topics the worker writes (specs)
 
 
 @dataclass(frozen=True)

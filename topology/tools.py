@@ -12,8 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 
 from streams import exact_json
-from topology.admin import wait_for_broker
-from topology.app import RECORD_LIMIT_BYTES
+from topology.admin import RECORD_LIMIT_BYTES, wait_for_broker
 from topology.config import Settings
 
 
