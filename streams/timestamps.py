@@ -31,6 +31,8 @@ _ISO_8601 = re.compile(
     r"|[0-9]{8}[Tt ][0-9]{2}(?:[0-9]{2}(?:[0-9]{2}(?:[.,]([0-9]+))?)?)?)"  # basic
     r"(?:[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?\Z"
 )
+# Prefect's own rendering, which nearly every message has: matched first, in about half the time.
+_CANONICAL = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]+))?Z\Z")
 
 
 def parse(value: object, where: str, *, rendered: bool = True) -> int:
@@ -50,18 +52,17 @@ def _read(value: object, where: str) -> tuple[int, str]:
     """Microseconds since the epoch and the fraction's digits below them (`""`: none)."""
     if not isinstance(value, str):
         raise Invalid("wrong_type", f"{where} must be an ISO 8601 string, got {type_name(value)}")
-    shape = _ISO_8601.match(value)
+    shape = _CANONICAL.match(value) or _ISO_8601.match(value)
     if shape is None:
         raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}")
-    text = value[:-1] + "+00:00" if value[-1] in "zZ" else value
-    try:
-        parsed = datetime.fromisoformat(text)
+    try:  # Python 3.11's reads `Z`, not `z`
+        parsed = datetime.fromisoformat(value[:-1] + "Z" if value[-1] == "z" else value)
     except ValueError:
         raise Invalid("invalid_timestamp", f"{where} is not an ISO 8601 date-time: {value[:64]!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    fraction = shape[1] or shape[2]
-    return (parsed - _EPOCH) // _US, fraction[6:] if fraction else ""
+    fraction = shape[shape.lastindex] if shape.lastindex else ""  # the one group that matched
+    return (parsed - _EPOCH) // _US, fraction[6:]
 
 
 #: An instant that only ranks (an artifact's `created`), in microseconds since the epoch: an int,
