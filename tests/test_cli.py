@@ -428,6 +428,24 @@ def test_bad_environment_names_the_variable() -> None:
 
 
 @pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("PARTITIONS", "\u0664", "PREFECT_EVENTS_PARTITIONS: expected an integer, got '\u0664'"),
+        ("PARTITIONS", "4_0", "PREFECT_EVENTS_PARTITIONS: expected an integer, got '4_0'"),
+        ("COMMIT_INTERVAL_S", "1_0.5", "PREFECT_EVENTS_COMMIT_INTERVAL_S: expected a number, got '1_0.5'"),
+        ("LINEAGE_RETENTION_DAYS", "1e-320", "lineage_retention_days: 1e-320 is below a microsecond"),
+    ],
+    ids=["arabic-indic-digit", "int-underscore", "float-underscore", "no-retention"],
+)
+def test_a_number_python_would_stretch_to_read_is_refused(variable: str, value: str, message: str) -> None:
+    """int() and float() read `4_0` as 40 and `\u0664` (Arabic-Indic four) as 4: a typo or a pasted
+    character must not pass as another number; a retention that rounds to 0 us is none."""
+    with pytest.raises(ConfigError) as refused:
+        config.load(environ={f"PREFECT_EVENTS_{variable}": value})
+    assert str(refused.value) == message
+
+
+@pytest.mark.parametrize(
     ("variable", "value"),
     [
         ("KAFKA_BOOTSTRAP_SERVERS", b"h\xff:9092"),

@@ -214,15 +214,17 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
     text = str(raw).strip()
+    if kind not in (int, float):
+        return text
     try:
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
+        # int() and float() also read `4_0` as 40 and other scripts' digits (`٤` as 4): a typo or
+        # a pasted character would pass as another number.
+        if not text.isascii() or "_" in text:
+            raise ValueError(text)
+        return int(text) if kind is int else float(text)
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise ConfigError(f"{name}: expected {expected}, got {text!r}") from None
-    return text
 
 
 def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
@@ -319,6 +321,8 @@ def validate(s: Settings) -> None:
         value = getattr(s, name)
         if not 0 < value <= high:
             raise ConfigError(f"{name}: {value} is out of range (0, {high}]")
+    if s.lineage_retention_us < 1:  # 1e-320 days passed (0, high] and was no retention at all
+        raise ConfigError(f"lineage_retention_days: {s.lineage_retention_days} is below a microsecond")
     if not 0 <= s.allowed_lateness_hours <= 876_000:  # 100 years, as the retention's bound
         raise ConfigError(f"allowed_lateness_hours: {s.allowed_lateness_hours} is out of range [0, 876000]")
     if not 0.5 <= s.session_timeout_s <= 1800:
