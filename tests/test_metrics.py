@@ -50,8 +50,8 @@ def update(metrics: Metrics) -> None:
     metrics.batch_phases("collections", compute=0.002, publish=0.04, state=0.3)
     metrics.end_to_end(1_700_000_000_000, now=1_700_000_000.04)
     metrics.end_to_end(1_700_000_000_000, now=1_699_999_999.0)  # clock skew counts as 0
-    metrics.consumer_lag("prefect.raw.artifacts", 0, 17)
-    metrics.consumer_lag("prefect.raw.artifacts", 0, 4)
+    metrics.consumer_lags({("prefect.raw.artifacts", 0): 17, ("prefect.raw.artifacts", 1): 9})
+    metrics.consumer_lags({("prefect.raw.artifacts", 0): 4})  # partition 1 moved to another worker
     metrics.table_keys("artifacts-by-id", 1200)
 
 
@@ -89,6 +89,9 @@ async def test_scrape_shows_exact_values(served: tuple[Metrics, Flag, MetricsSer
     ]:
         assert line in lines, line
     assert "_created" not in text  # dropped on purpose (see topology.metrics._WithoutCreated)
+    assert [line for line in lines if line.startswith("prefect_events_consumer_lag{")] == [
+        'prefect_events_consumer_lag{partition="0",topic="prefect.raw.artifacts"} 4.0'
+    ]  # the partition that moved away is not reported any more
 
 
 async def test_openmetrics_when_asked(served: tuple[Metrics, Flag, MetricsServer]) -> None:

@@ -218,3 +218,38 @@ async def test_outputs_share_a_round_trip_with_the_records_the_state_will_refer_
 
     await worker._store(table, local, {}, outputs=[event])  # a batch without pages: events alone
     assert published[-1] == [(events, b"event-key")]
+
+
+def test_the_lag_is_measured_for_every_partition_held_batches_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker.measure_lag: the log end minus the next offset not yet processed, for each partition
+    whose position is known, whether or not a batch came from it lately; a revoked partition (gone
+    from the ledger) is no longer reported."""
+    from types import SimpleNamespace
+
+    from faust.types import TP
+
+    from topology.commits import CommitLedger
+
+    worker = Worker(config.load({"store": "memory://"}, environ={}))
+    ledger: CommitLedger[TP] = CommitLedger()
+    stuck, behind, unknown = TP("raw", 0), TP("raw", 1), TP("raw", 2)
+    for tp, committed in ((stuck, 10), (behind, 3), (unknown, 7)):
+        ledger.assign(tp)
+        ledger.position(tp, committed)
+    ledger.finish(behind, 3)  # processed and acknowledged: the next one to process is 4
+    highwater = {stuck: 25, behind: 4, unknown: None}  # no fetch answered for partition 2 yet
+    consumer = SimpleNamespace(ledger=ledger, highwater=highwater.__getitem__)
+    monkeypatch.setattr(Worker, "consumer", property(lambda self: consumer))
+
+    def lags() -> list[str]:
+        text = worker.metrics.render()[0].decode()
+        return [line for line in text.splitlines() if line.startswith("prefect_events_consumer_lag{")]
+
+    asyncio.run(worker.measure_lag())
+    assert lags() == [
+        'prefect_events_consumer_lag{partition="0",topic="raw"} 15.0',
+        'prefect_events_consumer_lag{partition="1",topic="raw"} 0.0',
+    ]
+    ledger.forget([stuck])  # revoked
+    asyncio.run(worker.measure_lag())
+    assert lags() == ['prefect_events_consumer_lag{partition="1",topic="raw"} 0.0']

@@ -204,6 +204,7 @@ class Worker:
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
         self.app.timer(interval=1.0, name="stalled-partitions")(self.rewind_stalled)
         self.app.timer(interval=1.0, name="readiness")(self.report_readiness)
+        self.app.timer(interval=5.0, name="consumer-lag")(self.measure_lag)
 
     def _stateful(
         self,
@@ -356,13 +357,6 @@ class Worker:
 
     def _report(self, result: BatchResult, started: float, batch: Sequence[InRecord]) -> None:
         m = self.metrics
-        last: dict[tuple[str, int], int] = {}
-        for record in batch:
-            last[(record.topic, record.partition)] = record.offset
-        for (topic, partition), offset in last.items():
-            highwater = self.app.consumer.highwater(faust.types.TP(topic, partition))
-            if highwater is not None:
-                m.consumer_lag(topic, partition, max(0, highwater - offset - 1))
         if result.emitted:  # events left the worker: input timestamp → now, per message
             now = time.time()
             for record in batch:
@@ -430,6 +424,18 @@ class Worker:
             )
         else:
             log.info("not ready: partitions are moving or tables recovering")
+
+    async def measure_lag(self) -> None:
+        """Lag of every partition held, from the log end to the next offset not yet processed:
+        measured on a timer, not per batch, so that a partition whose batches stopped shows its
+        lag growing, and one moved to another worker is no longer reported here."""
+        consumer = self.consumer
+        lags: dict[tuple[str, int], int] = {}
+        for tp in consumer.ledger.positions():
+            highwater, processed = consumer.highwater(tp), consumer.ledger.committable(tp)
+            if highwater is not None and processed is not None:
+                lags[(tp.topic, tp.partition)] = max(0, highwater - processed)
+        self.metrics.consumer_lags(lags)
 
     async def measure_tables(self) -> None:
         """Keys per table: exact for memory://, RocksDB's own estimate for rocksdb:// (no scan)."""

@@ -8,7 +8,7 @@ below; nothing else in the code base touches prometheus_client.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -110,6 +110,7 @@ class Metrics:
             ["topic", "partition"],
             registry=r,
         )
+        self._lag_series: dict[tuple[str, int], int] = {}
         self._table_keys = Gauge(
             "prefect_events_table_keys", "Keys held in each state table.", ["table"], registry=r
         )
@@ -149,8 +150,14 @@ class Metrics:
         now = time.time() if now is None else now
         self._end_to_end.observe(max(0.0, now - record_timestamp_ms / 1000))
 
-    def consumer_lag(self, topic: str, partition: int, lag: int) -> None:
-        self._lag.labels(topic=topic, partition=str(partition)).set(lag)
+    def consumer_lags(self, lags: Mapping[tuple[str, int], int]) -> None:
+        """The lag of every partition the worker holds now, (topic, partition) → messages; series
+        of partitions it no longer holds are removed, so that a sum over workers counts each once."""
+        for topic, partition in set(self._lag_series) - set(lags):
+            self._lag.remove(topic, str(partition))
+        for (topic, partition), lag in lags.items():
+            self._lag.labels(topic=topic, partition=str(partition)).set(lag)
+        self._lag_series = dict(lags)
 
     def table_keys(self, table: str, n: int) -> None:
         self._table_keys.labels(table=table).set(n)
