@@ -1,4 +1,4 @@
-"""Prometheus metrics and the health endpoints of a worker.
+"""Prometheus metrics and the health endpoints of a worker and of the forwarder.
 
 `Metrics` owns its own `CollectorRegistry` rather than using the process-wide default, so tests
 (and several apps in one process) each get clean counters. The worker calls the plain methods
@@ -7,6 +7,7 @@ below; nothing else in the code base touches prometheus_client.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
+
+from topology.config import ConfigError
 
 PROCESSING_BUCKETS = (
     0.0005,
@@ -240,3 +243,19 @@ async def serve(metrics: Metrics, host: str, port: int, ready: Callable[[], bool
         raise
     bound = runner.addresses[0][1] if runner.addresses else port
     return MetricsServer(runner, host, int(bound))
+
+
+async def listen(metrics: Metrics, host: str, port: int, ready: Callable[[], bool]) -> MetricsServer:
+    """`serve`, with a port in use or a bad host as one ConfigError line rather than a traceback
+    (the worker and the forwarder bind it before they contact Kafka)."""
+    try:
+        return await serve(metrics, host, port, ready)
+    except OSError as exc:
+        # asyncio words a failed bind at length around the OS's reason; a bad host is a gaierror
+        # whose errno is negative (EAI_*), with its own text.
+        errno = exc.errno or 0
+        reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"metrics server: cannot listen on {host}:{port}: "
+            f"{reason} (metrics_host, metrics_port; port 0 disables the server)"
+        ) from None

@@ -25,7 +25,7 @@ from topology import admin, diagnostics, logs
 from topology.app import TopicNames, Worker
 from topology.config import ConfigError, Settings
 from topology.embedded_broker import EmbeddedBroker
-from topology.metrics import Metrics, MetricsServer, serve
+from topology.metrics import Metrics, MetricsServer, listen
 
 log = logging.getLogger("prefect_events")
 
@@ -78,17 +78,7 @@ async def serve_health(worker: Worker, settings: Settings) -> MetricsServer:
     """Listen before Faust starts, on the loop it will run: /healthz answers and /readyz says 503
     while the tables recover (minutes, with much state), and a port in use is one line at start
     rather than a traceback from inside a worker that has joined its group."""
-    try:
-        server = await serve(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
-    except OSError as exc:
-        # asyncio words a failed bind at length around the OS's reason; a bad host is a gaierror
-        # whose errno is negative (EAI_*), with its own text.
-        errno = exc.errno or 0
-        reason = os.strerror(errno) if errno > 0 else (exc.strerror or str(exc))
-        raise ConfigError(
-            f"metrics server: cannot listen on {settings.metrics_host}:{settings.metrics_port}: "
-            f"{reason} (metrics_host, metrics_port; port 0 disables the server)"
-        ) from None
+    server = await listen(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
     log.info("metrics on %s/metrics", server.url)
     return server
 
