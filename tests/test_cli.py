@@ -7,8 +7,12 @@ import dataclasses
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import ClassVar
@@ -239,7 +243,8 @@ def test_help_says_what_a_flag_defaults_to(command: str, says: list[str]) -> Non
     assert [line for line in says if line not in text] == []
 
 
-UNREACHABLE = ["--bootstrap-servers", "kafka://127.0.0.1:1", "--broker-wait-s", "1"]
+# No metrics server: these tests must not depend on port 9309 being free.
+UNREACHABLE = ["--bootstrap-servers", "kafka://127.0.0.1:1", "--broker-wait-s", "1", "--metrics-port", "0"]
 
 
 @pytest.mark.parametrize(
@@ -336,6 +341,8 @@ def test_forward_bad_url_is_one_line(url: str, problem: str) -> None:
     assert (result.returncode, result.stderr.decode()) == (2, f"prefect-events: error: --to: {problem}\n")
 
 
+NO_METRICS = ["--metrics-port", "0"]
+
 # `forward` with the Kafka and HTTP side replaced by two log lines like the real ones.
 FAKE_FORWARD = """
 import logging, sys
@@ -376,7 +383,7 @@ sys.exit(main(sys.argv[1:]))
 )
 def test_forward_logs_as_its_settings_say(flags: list[str], lines: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", FAKE_FORWARD, "forward", "--to", "http://prefect/api", *flags],
+        [sys.executable, "-c", FAKE_FORWARD, "forward", "--to", "http://prefect/api", *NO_METRICS, *flags],
         capture_output=True,
         cwd=ROOT,
         timeout=60,
@@ -390,6 +397,47 @@ def test_forward_logs_as_its_settings_say(flags: list[str], lines: list[str]) ->
     else:
         logged = [line.split(" ", 2)[2] for line in logged]  # after the date and time
     assert [line for line in logged if "topology.forward" in line] == lines
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 30) -> tuple[int, str]:
+    """The first answer from `url`, while `process` lives."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert process.poll() is None, process.stderr.read() if process.stderr else b""
+        try:
+            return http_get(url)
+        except OSError:  # not listening yet
+            assert time.monotonic() < deadline, f"nothing listens at {url}"
+            time.sleep(0.05)
+
+
+def test_forward_metrics_port_in_use_is_one_line_before_kafka() -> None:
+    """The worker's own line and exit 2; before the broker wait, which would end in exit 1."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+        result = cli("forward", "--to", "http://127.0.0.1:1/api", *UNREACHABLE, *metrics)
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: metrics server: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (metrics_host, metrics_port; port 0 disables the server)\n",
+    )
 
 
 def test_environment_is_read_and_flags_win() -> None:

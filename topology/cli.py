@@ -265,7 +265,8 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
 def cmd_forward(args: argparse.Namespace) -> int:
     from topology import logs
-    from topology.forward import events_url, forward
+    from topology.forward import events_url, forward, log
+    from topology.metrics import Metrics, listen
 
     settings = _settings(args)
     try:
@@ -279,20 +280,30 @@ def cmd_forward(args: argparse.Namespace) -> int:
     logs.configure(settings)  # as the worker does: log_level and log_format apply
 
     async def main() -> int:
-        stop = asyncio.Event()
+        stop, started = asyncio.Event(), asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        return await forward(
-            settings,
-            args.to,
-            group_id=args.group_id,
-            batch_size=args.forward_batch_size,
-            stop=stop,
-            # Prefect's own variables: Bearer key (Cloud) or basic auth (self-hosted server).
-            api_key=os.environ.get("PREFECT_API_KEY") or None,
-            auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
-        )
+        metrics = Metrics()
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_port:
+                # Before Kafka, as the worker does: a port in use is one line at start, and
+                # /healthz answers while the forwarder waits for the broker (/readyz: 503).
+                server = await listen(metrics, settings.metrics_host, settings.metrics_port, started.is_set)
+                stack.push_async_callback(server.close)
+                log.info("metrics on %s/metrics", server.url)
+            return await forward(
+                settings,
+                args.to,
+                group_id=args.group_id,
+                batch_size=args.forward_batch_size,
+                stop=stop,
+                # Prefect's own variables: Bearer key (Cloud) or basic auth (self-hosted server).
+                api_key=os.environ.get("PREFECT_API_KEY") or None,
+                auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
+                metrics=metrics,
+                started=started,
+            )
 
     delivered = asyncio.run(main())
     print(f"delivered {delivered} events", file=sys.stderr)

@@ -374,6 +374,7 @@ async def forward(
     max_batch_bytes: int = 8_000_000,
     metrics: Metrics | None = None,
     consumer_config: Mapping[str, Any] | None = None,
+    started: asyncio.Event | None = None,
 ) -> int:
     """Consume the output topics and deliver every event to a Prefect server; return how many.
 
@@ -381,6 +382,7 @@ async def forward(
     after a batch was accepted (or its rejected events were written to the dead-letter topic), so
     a crash re-sends at most one batch, which the server deduplicates by event id.
     `consumer_config` adds or overrides AIOKafkaConsumer arguments (security, group timeouts).
+    `started` is set once the consumer and the producer have started (the forwarder's /readyz).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -409,6 +411,8 @@ async def forward(
     try:  # stop() is safe on a client whose start() failed or never ran
         await consumer.start()
         await producer.start()
+        if started is not None:
+            started.set()
         async with aiohttp.ClientSession(timeout=timeout) as session:
             sink = PrefectSink(
                 session,
@@ -428,7 +432,7 @@ async def forward(
                 records = [r for batch in fetched.values() for r in batch]
                 if not records:
                     continue
-                started = time.perf_counter()
+                fetched_at = time.perf_counter()
                 sent = await _forward_batch(
                     records, sink, producer, settings.dead_letter_topic, max_batch_bytes, metrics
                 )
@@ -441,7 +445,7 @@ async def forward(
                     sent,
                     len(records),
                     ",".join(sorted({r.topic for r in records})),
-                    (time.perf_counter() - started) * 1000,
+                    (time.perf_counter() - fetched_at) * 1000,
                     delivered,
                 )
     finally:
