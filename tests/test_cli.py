@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -438,6 +439,35 @@ def test_forward_metrics_port_in_use_is_one_line_before_kafka() -> None:
         f"prefect-events: error: metrics server: cannot listen on 127.0.0.1:{port}: "
         "Address already in use (metrics_host, metrics_port; port 0 disables the server)\n",
     )
+
+
+def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:
+    """With Kafka unreachable the forwarder waits up to broker_wait_s; SIGTERM ends that wait."""
+    port = free_port()
+    args = ["forward", "--to", "http://127.0.0.1:1/api", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
+    args += ["--broker-wait-s", "120", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # Serving means the signal handlers are in place and the broker wait comes next.
+        assert wait_for_http(f"http://127.0.0.1:{port}/readyz", process) == (503, "not ready\n")
+        time.sleep(0.5)  # well into the wait
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert time.monotonic() - sent < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.stderr is not None
+    lines = process.stderr.read().decode().splitlines()
+    assert lines[-1] == "delivered 0 events"
+    assert "Traceback" not in "\n".join(lines)
 
 
 def test_environment_is_read_and_flags_win() -> None:

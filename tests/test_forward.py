@@ -771,3 +771,14 @@ async def test_cli_forward_serves_metrics_and_is_ready_once_its_clients_started(
             process.wait()
     assert process.stderr is not None
     assert process.stderr.read().decode().splitlines()[-1] == "delivered 3 events"
+
+
+async def test_stop_ends_the_wait_for_kafka() -> None:
+    """The wait for a broker that is not there (up to broker_wait_s) ends as soon as `stop` is set."""
+    settings = Settings(bootstrap_servers=f"127.0.0.1:{_free_port()}", broker_wait_s=120)
+    stop = asyncio.Event()
+    task = asyncio.create_task(forward(settings, "http://127.0.0.1:1/api", stop=stop))
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    stop.set()
+    assert await asyncio.wait_for(task, timeout=5) == 0

@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiohttp
 import orjson
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from topology.metrics import Metrics
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # The same headers the worker's own dead letters carry (topology.records).
 _OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET})
@@ -268,19 +269,24 @@ class PrefectSink:
 
     async def _unless_stopped(self, request: Coroutine[Any, Any, _Answer]) -> _Answer | None:
         """The request's answer, or None as soon as `stop` is set (the request is cancelled)."""
-        sending = asyncio.ensure_future(request)
-        stopping = asyncio.ensure_future(self._stop.wait())
-        try:
-            await asyncio.wait({sending, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopping.cancel()
-            if not sending.done():
-                sending.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sending
-        if sending.cancelled():
-            return None
-        return sending.result()
+        sending = await _unless_stopped(request, self._stop)
+        return None if sending is None else sending.result()
+
+
+async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> asyncio.Future[T] | None:
+    """`work` run to its end (the finished future), or None as soon as `stop` is set (then it is
+    cancelled, and waited for so that its clean-up has run)."""
+    running = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not running.done():
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    return None if running.cancelled() else running
 
 
 def _body(items: Sequence[_Item]) -> bytes:
@@ -389,8 +395,14 @@ async def forward(
     stop = stop or asyncio.Event()
     topics = list(topics or (settings.artifact_events_topic, settings.asset_events_topic))
     group = group_id or f"{settings.app_id}-forward"
-    # Like the worker: wait for a broker that is still starting, else fail with one line.
-    await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
+    # Like the worker: wait for a broker that is still starting, else fail with one line; but
+    # a SIGTERM meanwhile ends the wait (and the forwarder, having delivered nothing) at once.
+    waited = await _unless_stopped(
+        wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s), stop
+    )
+    if waited is None:
+        return 0
+    waited.result()  # BrokerUnreachable when the time ran out
     consumer = AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.bootstrap_servers,
