@@ -45,6 +45,7 @@ from topology.forward import (
     events_url,
     forward,
 )
+from topology.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_RETRY = RetryPolicy(base=0.01, cap=0.05, attempts=3)
@@ -660,11 +661,16 @@ async def test_forward_commits_only_after_the_server_accepted(
     group = f"{settings.app_id}-forward"
 
     fake.default = (503, b"down")
-    stop = asyncio.Event()
-    task = asyncio.create_task(fast_forward(settings, fake.api_url, stop=stop, retry=FAST_RETRY))
+    stop, metrics = asyncio.Event(), Metrics()
+    task = asyncio.create_task(
+        fast_forward(settings, fake.api_url, stop=stop, retry=FAST_RETRY, metrics=metrics)
+    )
     async with asyncio.timeout(30):
         while len(fake.bodies) < 3:
             await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    # A stuck forwarder shows: the age of the batch it keeps retrying grows.
+    assert b"\nprefect_events_forward_batch_age_seconds 0.0\n" not in metrics.render()[0]
     stop.set()
     assert await asyncio.wait_for(task, timeout=30) == 0
     assert await committed(settings, group, tp) is None
@@ -762,7 +768,10 @@ async def test_cli_forward_serves_metrics_and_is_ready_once_its_clients_started(
         assert "prefect_events_forwarded_total 0.0\n" in scraped
         async with gate(kafka_port, bootstrap_servers):
             assert await poll("/readyz", lambda status, _: status != 503) == (200, "ready\n")
-            await poll("/metrics", lambda _, text: "prefect_events_forwarded_total 3.0\n" in text)
+            _, scraped = await poll(
+                "/metrics", lambda _, text: "prefect_events_forwarded_total 3.0\n" in text
+            )
+            assert "prefect_events_forward_batch_age_seconds 0.0\n" in scraped  # none pending
             process.send_signal(signal.SIGTERM)
             assert await asyncio.to_thread(process.wait, 30) == 0
     finally:

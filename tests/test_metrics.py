@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -88,10 +90,21 @@ async def test_scrape_shows_exact_values(served: tuple[Metrics, Flag, MetricsSer
         "# TYPE prefect_events_consumer_lag gauge",
     ]:
         assert line in lines, line
+    assert "prefect_events_forward_batch_age_seconds 0.0" in lines  # no batch pending
     assert "_created" not in text  # dropped on purpose (see topology.metrics._WithoutCreated)
     assert [line for line in lines if line.startswith("prefect_events_consumer_lag{")] == [
         'prefect_events_consumer_lag{partition="0",topic="prefect.raw.artifacts"} 4.0'
     ]  # the partition that moved away is not reported any more
+
+
+async def test_forward_batch_age_grows_while_a_batch_is_pending() -> None:
+    metrics = Metrics()
+    metrics.forward_pending(time.monotonic() - 42)
+    scraped = metrics.render()[0]
+    age = float(re.findall(rb"^prefect_events_forward_batch_age_seconds (\S+)$", scraped, re.M)[0])
+    assert 42 <= age < 50
+    metrics.forward_pending(None)
+    assert b"\nprefect_events_forward_batch_age_seconds 0.0\n" in metrics.render()[0]
 
 
 async def test_openmetrics_when_asked(served: tuple[Metrics, Flag, MetricsServer]) -> None:

@@ -445,12 +445,16 @@ async def forward(
                 if not records:
                     continue
                 fetched_at = time.perf_counter()
+                if metrics is not None:
+                    metrics.forward_pending(time.monotonic())
                 sent = await _forward_batch(
                     records, sink, producer, settings.dead_letter_topic, max_batch_bytes, metrics
                 )
                 if sent is None:
                     break  # stopped while retrying: leave the batch uncommitted
                 await _commit(consumer, fetched)
+                if metrics is not None:
+                    metrics.forward_pending(None)
                 delivered += sent
                 log.debug(
                     "forwarded %d of %d records from %s in %.1f ms (total %d)",

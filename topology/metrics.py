@@ -87,6 +87,13 @@ class Metrics:
             "Events accepted by a Prefect server (forward sink).",
             registry=r,
         )
+        self._forward_pending_since: float | None = None
+        self._forward_batch_age = Gauge(
+            "prefect_events_forward_batch_age_seconds",
+            "Seconds since the forward sink fetched the batch it is still delivering; 0 when none is.",
+            registry=r,
+        )
+        self._forward_batch_age.set_function(self._forward_age)
         self._processing = Histogram(
             "prefect_events_processing_seconds",
             "Time to process one batch of input messages.",
@@ -136,6 +143,15 @@ class Metrics:
 
     def forwarded(self, n: int = 1) -> None:
         self._forwarded.inc(n)
+
+    def forward_pending(self, since: float | None) -> None:
+        """The forward sink holds a batch fetched at `since` (time.monotonic()); None: it is done.
+        The age is computed at each scrape, so it grows while a server outage is retried."""
+        self._forward_pending_since = since
+
+    def _forward_age(self) -> float:
+        since = self._forward_pending_since
+        return 0.0 if since is None else max(0.0, time.monotonic() - since)
 
     def processing(self, seconds: float) -> None:
         """Observe how long one batch took."""
