@@ -2,8 +2,9 @@
 # Create or refresh the project's virtualenv (.venv in the repo root), idempotently.
 #
 # - creates .venv with `python3 -m venv` when it is missing (or broken);
-# - runs `pip install -e '.[dev]'` when the venv is new or pyproject.toml changed since the last
-#   successful install (sha256 of pyproject.toml kept in .venv/.bootstrap-stamp);
+# - runs `pip install -e '.[dev]' -c docker/constraints.txt` when the venv is new or
+#   pyproject.toml or the constraints changed since the last successful install (their sha256
+#   kept in .venv/.bootstrap-stamp): the tests run on the dependency versions the image installs;
 # - prints nothing when there is nothing to do, one line when it installs, and fails loudly
 #   (non-zero exit, message on stderr) when anything goes wrong.
 #
@@ -58,15 +59,15 @@ if ! venv_ok; then
   create_venv
 fi
 
-want="$(sha256_of pyproject.toml)"
+want="$(sha256_of pyproject.toml) $(sha256_of docker/constraints.txt)"
 have="$(cat "$STAMP" 2>/dev/null || true)"
 if [[ "$want" == "$have" ]]; then
   exit 0
 fi
 
-echo "bootstrap: installing the project and its dev tools into $VENV (pip install -e '.[dev]')" >&2
+echo "bootstrap: installing the project and its dev tools into $VENV (pip install -e '.[dev]' -c docker/constraints.txt)" >&2
 rm -f "$STAMP"
-if ! "$VENV/bin/python" -m pip install -q -e '.[dev]'; then
+if ! "$VENV/bin/python" -m pip install -q -e '.[dev]' -c docker/constraints.txt; then
   die "pip install -e '.[dev]' into $VENV failed (see pip's output above); fix it and run $0 again"
 fi
 tmp="$STAMP.tmp.$$"
