@@ -498,7 +498,7 @@ async def test_sink_bisects_an_unattributed_4xx(fake: FakePrefect) -> None:
     assert len(fake.bodies) == 8
 
 
-@pytest.mark.parametrize("status", [400, 413, 415])
+@pytest.mark.parametrize("status", [400, 403, 413, 415])  # 403: a WAF refusing one body
 async def test_sink_dead_letters_a_lone_event_only_when_the_server_takes_an_empty_list(
     fake: FakePrefect, status: int
 ) -> None:
@@ -516,7 +516,7 @@ async def test_sink_dead_letters_a_lone_event_only_when_the_server_takes_an_empt
     assert fake.bodies[1:] == ([] if status == 413 else [b"[]"])
 
 
-@pytest.mark.parametrize("status", [400, 409, 415])
+@pytest.mark.parametrize("status", [400, 403, 409, 415])
 async def test_sink_stops_when_the_server_refuses_every_request_alike(fake: FakePrefect, status: int) -> None:
     fake.default = (status, b'{"detail": "blocked by proxy"}')
     batch = items(*sample_events()[0])
@@ -525,6 +525,14 @@ async def test_sink_stops_when_the_server_refuses_every_request_alike(fake: Fake
         with pytest.raises(ForwardError, match=f"HTTP {status} .*empty list"):
             await sink.deliver(batch)
     assert fake.bodies[1:] == [b"[]"]  # nothing dead-lettered, no halving
+
+
+async def test_sink_names_prefects_csrf_protection_when_it_refuses_every_request(fake: FakePrefect) -> None:
+    fake.default = (403, b'{"detail": "Missing CSRF token."}')  # PREFECT_SERVER_CSRF_PROTECTION_ENABLED
+    async with aiohttp.ClientSession() as session:
+        sink = PrefectSink(session, fake.api_url, retry=FAST_RETRY)
+        with pytest.raises(ForwardError, match=r"CSRF protection is on, which the sink does not support$"):
+            await sink.deliver(items(sample_events()[0][0]))
 
 
 async def test_sink_does_not_follow_a_redirect(fake: FakePrefect) -> None:

@@ -53,7 +53,9 @@ T = TypeVar("T")
 _OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET})
 
 # 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter.
-_FATAL_STATUSES = frozenset({401, 403, 404, 405, 407})
+# Not 403: a WAF in front of Prefect may refuse one event's body with it; it is judged like a
+# 400 (the server taking an empty list blames the event, refusing it too stops the sink).
+_FATAL_STATUSES = frozenset({401, 404, 405, 407})
 # 4xx that are worth retrying like a 5xx.
 _RETRY_STATUSES = frozenset({408, 425, 429})
 # 4xx that an event itself causes: invalid (422) or too large (413).
@@ -205,10 +207,12 @@ class PrefectSink:
         if answer is None:
             return False
         if answer.status != 204:
+            csrf = b"csrf" in answer.body.lower()
             raise ForwardError(
                 f"Prefect server at {self.url} answered HTTP {refused.status} "
                 f"({_describe(refused.body)}) and HTTP {answer.status} to an empty list of "
                 "events: it refuses every request; check the API URL, proxy and credentials"
+                + ("; Prefect's CSRF protection is on, which the sink does not support" if csrf else "")
             )
         return True
 
