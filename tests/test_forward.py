@@ -611,6 +611,15 @@ async def test_retries_log_at_info_then_warning(fake: FakePrefect, caplog: pytes
     assert levels == ["INFO"] * FAST_RETRY.attempts + ["WARNING"] * 2
 
 
+def test_a_request_has_time_for_its_body_at_the_slowest_upload_allowed_for() -> None:
+    from topology.forward import request_timeout
+
+    base = aiohttp.ClientTimeout(total=30.0, connect=5.0)
+    assert request_timeout(base, 0) == base
+    assert request_timeout(base, 8_000_000) == aiohttp.ClientTimeout(total=110.0, connect=5.0)
+    assert request_timeout(aiohttp.ClientTimeout(total=None), 8_000_000).total is None
+
+
 def test_request_bodies_stay_within_the_byte_limit() -> None:
     batch = [_Item(SimpleNamespace(value=b'{"id":"%d"}' % i), str(i), "e") for i in range(3)]  # 10 B
     assert len(_body(batch[:2])) == 23

@@ -261,8 +261,9 @@ class PrefectSink:
         return None
 
     async def _request(self, body: bytes) -> _Answer:
+        timeout = request_timeout(self._session.timeout, len(body))
         async with self._session.post(
-            self.url, data=body, headers=self._headers, allow_redirects=False
+            self.url, data=body, headers=self._headers, allow_redirects=False, timeout=timeout
         ) as resp:
             return _Answer(
                 resp.status,
@@ -291,6 +292,26 @@ async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> 
             with contextlib.suppress(asyncio.CancelledError):
                 await running
     return None if running.cancelled() else running
+
+
+# The slowest upload a request is given time for, on top of the session's timeout: an 8 MB body
+# gets 80 s more. With one timeout for every size, a slow link timed every large batch out and
+# retried it unsplit, forever.
+MIN_UPLOAD_BYTES_PER_S = 100_000
+
+
+def request_timeout(base: aiohttp.ClientTimeout, body_bytes: int) -> aiohttp.ClientTimeout:
+    """The session's timeout, its total stretched by the time the body takes at the slowest
+    upload rate allowed for."""
+    if base.total is None:
+        return base
+    return aiohttp.ClientTimeout(
+        total=base.total + body_bytes / MIN_UPLOAD_BYTES_PER_S,
+        connect=base.connect,
+        sock_read=base.sock_read,
+        sock_connect=base.sock_connect,
+        ceil_threshold=base.ceil_threshold,
+    )
 
 
 def _body(items: Sequence[_Item]) -> bytes:
