@@ -33,24 +33,16 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from yarl import URL
 
 from streams.envelope import MAX_EVENT_BYTES, prefect_size, too_large
+from streams.errors import Invalid
 from topology.admin import wait_for_broker
 from topology.config import Settings
-from topology.records import (
-    REASON,
-    REASON_CODE,
-    SOURCE_OFFSET,
-    SOURCE_PARTITION,
-    SOURCE_TOPIC,
-)
+from topology.records import Source, dead_letter
 
 if TYPE_CHECKING:
     from topology.metrics import Metrics
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-# The same headers the worker's own dead letters carry (topology.records).
-_OWN_HEADERS = frozenset({REASON, REASON_CODE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET})
 
 # 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter.
 # Not 403: a WAF in front of Prefect may refuse one event's body with it; it is judged like a
@@ -532,15 +524,13 @@ async def _forward_batch(
             reason,
             dead_letter_topic,
         )
-        headers = [(k, v) for k, v in (record.headers or ()) if k not in _OWN_HEADERS]
-        headers += [
-            (REASON, reason.encode()),
-            (REASON_CODE, code.encode()),
-            (SOURCE_TOPIC, record.topic.encode()),
-            (SOURCE_PARTITION, str(record.partition).encode()),
-            (SOURCE_OFFSET, str(record.offset).encode()),
-        ]
-        await producer.send_and_wait(dead_letter_topic, value=record.value, key=record.key, headers=headers)
+        # The worker's dead letter (topology.records), keeping the record's other headers (its
+        # event name).
+        source = Source(record.topic, record.partition, record.offset, record.key)
+        out = dead_letter(dead_letter_topic, record.key, record.value, source, Invalid(code, reason))
+        own = {name for name, _ in out.headers}
+        headers = [(k, v) for k, v in (record.headers or ()) if k not in own] + out.headers
+        await producer.send_and_wait(out.topic, value=out.value, key=out.key, headers=headers)
         if metrics is not None:
             metrics.dead_letter(code)
     if metrics is not None and sent:
