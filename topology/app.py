@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -23,6 +22,7 @@ from streams import retention
 from topology import steps
 from topology.admin import RECORD_LIMIT_BYTES, TopicSpec
 from topology.config import Settings
+from topology.crash import exit_for_replay
 from topology.metrics import Metrics
 from topology.publish import Lane, publish
 from topology.records import Out, partition_for, partitioner
@@ -200,6 +200,11 @@ class Worker:
             lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention_us),
             swept="flow runs",
         )
+        self._swept_topics = {
+            "flow runs": (t.raw_task_results, t.task_results_by_flow_run),
+            "deleted artifacts": (t.raw_artifacts, t.artifacts_by_id),
+        }
+        self.app.on_partitions_revoked.connect(self._forget_watermarks)  # type: ignore[arg-type]  # mode's stubs
         self.app.timer(interval=60.0, name="retention")(self.sweep)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
         self.app.timer(interval=1.0, name="stalled-partitions")(self.rewind_stalled)
@@ -455,30 +460,54 @@ class Worker:
     async def sweep(self) -> None:
         """Retention by event time: forget flow runs silent for longer than it (plus the allowed
         lateness), and tombstones of artifacts deleted longer than that ago, so neither table
-        grows without bound; each partition's keys by that partition's watermark. Not while
-        tables recover or partitions move: a partly recovered store could hold an expired value
-        of a key whose newer one is still to come, and the sweep's tombstone would land after it."""
-        if not self.ready():
-            return
+        grows without bound; each partition's keys by that partition's watermark.
+
+        Only the partitions this worker holds, and not while tables recover or partitions move:
+        a partly recovered store could hold an expired value of a key whose newer one is still to
+        come, and a tombstone for a partition another worker owns would land in its changelog
+        after that worker's own records. A revocation waits for a sweep that has begun writing
+        (WorkerConsumer.writing), as for a batch in flight."""
         s = self.settings
         for name, table, expired in (
             ("flow runs", self.lineage, steps.expired_flow_runs),
             ("deleted artifacts", self.memberships, steps.expired_tombstones),
         ):
             async with self._writing[table.name]:
-                keys = expired(
-                    _items_of(table),
-                    self.watermarks[name],
-                    s.partitions,
-                    s.lineage_retention_us,
-                    s.allowed_lateness_us,
-                )
-                forgotten: dict[bytes, Change] = {
-                    key: (partition_for(key, self.settings.partitions), None) for key in keys
-                }
-                await self._store(table, LocalStore(table), forgotten)
+                if not self.ready():
+                    return
+                watermarks = self.watermarks[name]
+                held = self._held_partitions(self._swept_topics[name])
+                for partition in set(watermarks) - held:
+                    del watermarks[partition]  # moved away: swept here no more
+                with self.consumer.writing():
+                    keys = expired(
+                        _items_of(table),
+                        watermarks,
+                        s.partitions,
+                        s.lineage_retention_us,
+                        s.allowed_lateness_us,
+                    )
+                    forgotten: dict[bytes, Change] = {
+                        key: (partition_for(key, self.settings.partitions), None) for key in keys
+                    }
+                    await self._store(table, LocalStore(table), forgotten)
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
+
+    def _held_partitions(self, topics: Sequence[str]) -> set[int]:
+        """The partitions of a step's input topics assigned to this worker (its table's actives)."""
+        return {tp.partition for tp in self.consumer.assignment() if tp.topic in topics}
+
+    async def _forget_watermarks(self, _app: Any, *args: Any, **_: Any) -> None:
+        """A partition moved away starts again from no watermark should it come back (Faust's
+        on_partitions_revoked signal: the app, then the revoked partitions)."""
+        revoked: set[faust.types.TP] = args[0]
+        for topics, watermarks in (
+            (self._swept_topics[name], self.watermarks[name]) for name in self.watermarks
+        ):
+            for tp in revoked:
+                if tp.topic in topics:
+                    watermarks.pop(tp.partition, None)
 
 
 async def _finish_or_exit(name: str, batch: asyncio.Future[None]) -> None:
@@ -489,11 +518,8 @@ async def _finish_or_exit(name: str, batch: asyncio.Future[None]) -> None:
 
 
 def _exit_for_replay(name: str) -> None:
-    """A batch failed and its partitions cannot move past it: exit, and the restarted worker
-    replays it from the last commit (crash-only, as Kafka Streams does)."""
-    log.critical("%s: batch failed, exiting so that it is replayed", name, exc_info=True)
-    logging.shutdown()
-    os._exit(70)
+    """A batch failed and its partitions cannot move past it."""
+    exit_for_replay("%s: batch failed", name, traceback=True)
 
 
 def _items_of(table: Table) -> Callable[[], list[tuple[bytes, bytes]]]:

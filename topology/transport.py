@@ -32,6 +32,7 @@ silently keeping 1500.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
@@ -45,6 +46,7 @@ from faust.types.transports import ConsumerT
 from yarl import URL
 
 from topology.commits import CommitLedger
+from topology.crash import exit_for_replay
 from topology.intake import Intake
 
 __all__ = [
@@ -57,6 +59,10 @@ __all__ = [
 FAUST_DEFAULT_FETCH_MAX_WAIT_MS = 1500
 
 _ATTR = "_fetch_max_wait_ms"
+
+#: Of the rebalance timeout, how long a revocation waits for the batch in flight; the rest is
+#: for the commit and the JoinGroup that must follow within it.
+REVOKE_WAIT_SHARE = 0.8
 
 
 class FetchWaitConsumerThread(AIOKafkaConsumerThread):
@@ -95,6 +101,10 @@ class WorkerConsumer(Consumer):
         self._rebalances = 0  # revocations and assignments seen
         self._read_offset = _NoReadOffsets()
         self.intakes: dict[str, Intake] = {}  # topic → the step that takes its records in bulk
+        self._writers = 0  # state written outside a step's batch (the retention sweep)
+        self._no_writers = asyncio.Event()
+        self._no_writers.set()
+        self._revoking = False
 
     def intake(self, name: str, topics: Iterable[str], max_records: int) -> Intake:
         """The intake of a step reading `topics`: their records skip Faust's per-event path."""
@@ -161,13 +171,54 @@ class WorkerConsumer(Consumer):
             if count % 100 == 0:
                 await asyncio.sleep(0)  # let recovery and the steps run during a big fetch
 
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """State written outside a step's batch (the retention sweep): a revocation and a stop
+        wait for it as for a batch in flight. Enter it only while the worker is ready, with no
+        await in between, so that a revocation begun since cannot miss it."""
+        self._writers += 1
+        self._no_writers.clear()
+        try:
+            yield
+        finally:
+            self._writers -= 1
+            if not self._writers:
+                self._no_writers.set()
+
     async def wait_empty(self) -> None:
-        """Before a revocation commits, and before the worker stops: no batch in flight."""
+        """Before a revocation commits, and before the worker stops: the batches in flight and
+        the sweep finish first, then Faust's own wait ends in the commit of what they did.
+
+        A revocation waits at most `revoke_wait_s`: past the group's rebalance timeout the
+        coordinator gives the partitions to another worker, and writes landing after that would
+        put state this worker no longer owns into their changelogs. Exiting instead leaves
+        the batch to the partitions' next owner, from the last commit."""
+        if self._revoking:
+            try:
+                await asyncio.wait_for(self._in_flight_done(), self.revoke_wait_s)
+            except TimeoutError:
+                exit_for_replay(
+                    "revocation: the batch in flight did not finish within %gs of the %gs "
+                    "rebalance timeout",
+                    self.revoke_wait_s,
+                    self.app.conf.broker_rebalance_timeout,
+                )
+        else:
+            await self._in_flight_done()
         await super().wait_empty()
+
+    @property
+    def revoke_wait_s(self) -> float:
+        return REVOKE_WAIT_SHARE * float(self.app.conf.broker_rebalance_timeout)
+
+    async def _in_flight_done(self) -> None:
         for intake in set(self.intakes.values()):
             if intake.in_flight:
                 self.log.info("waiting for the %s batch in flight", intake.name)
             await intake.idle()
+        if self._writers:
+            self.log.info("waiting for the retention sweep to finish its writes")
+        await self._no_writers.wait()
 
     def stop_flow(self) -> None:
         # Faust stops its streams here (rebalance, shutdown); the intakes close with them.
@@ -313,7 +364,11 @@ class WorkerConsumer(Consumer):
         # Before anything else: no batch may start once a revocation has begun (wait_empty
         # waits only for the one in flight), and records fetched now are dropped.
         self._close_intakes()
-        await super().on_partitions_revoked(revoked)  # commits what is finished first
+        self._revoking = True
+        try:
+            await super().on_partitions_revoked(revoked)  # commits what is finished first
+        finally:
+            self._revoking = False
         self.ledger.forget(revoked)
 
     def describe(self) -> str:
