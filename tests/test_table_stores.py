@@ -5,16 +5,20 @@ Python's cyclic collector run less often."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import platform
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import faust
 import pytest
+from aiokafka import TopicPartition
 
-from topology import config
-from topology.app import Worker
+from topology import config, kept_state, runner
+from topology.app import TopicNames, Worker
 from topology.records import Out, partition_for
 from topology.runner import limit_malloc_arenas, tune_gc
 from topology.steps import Stamped
@@ -254,3 +258,71 @@ def test_the_lag_is_measured_for_every_partition_held_batches_or_not(monkeypatch
     ledger.forget([stuck])  # revoked
     asyncio.run(worker.measure_lag())
     assert lags() == ['prefect_events_consumer_lag{partition="1",topic="raw"} 0.0']
+
+
+def test_each_app_id_keeps_its_tables_in_a_directory_of_its_own(tmp_path: Path) -> None:
+    """A new app_id has new changelogs; the same file names under one data_dir would hand it the
+    other app's stores, ahead of its empty changelogs (README: "start with a new app_id")."""
+
+    def store_path(app_id: str) -> Path:
+        given = {"store": "rocksdb://", "data_dir": str(tmp_path), "app_id": app_id}
+        settings = config.load(given, environ={})
+        return Path(Worker(settings).collections.data.partition_path(1))  # type: ignore[attr-defined]
+
+    assert store_path("appa") == tmp_path / "v1" / "tables-appa" / "artifact-collections-1.db"
+    assert store_path("appb") == tmp_path / "v1" / "tables-appb" / "artifact-collections-1.db"
+
+
+def _kept_store(tmp_path: Path, app_id: str, applied: dict[int, int]) -> config.Settings:
+    """A RocksDB directory as a stopped worker leaves it: the collections table's stores, each
+    with the last changelog offset it applied."""
+    settings = config.load({"store": "rocksdb://", "data_dir": str(tmp_path), "app_id": app_id}, environ={})
+    worker = Worker(settings)
+    store: Any = worker.collections.data
+    topic = worker.collections.changelog_topic.get_topic_name()
+    LocalStore(worker.collections).write({b"key-%d" % p: (p, b"state") for p in applied})
+    for partition, offset in applied.items():
+        store.set_persisted_offset(faust.types.TP(topic, partition), offset)
+    for db in store._dbs.values():
+        db.close()
+    return settings
+
+
+def test_a_kept_store_ahead_of_its_changelog_is_named_with_its_offsets(tmp_path: Path) -> None:
+    settings = _kept_store(tmp_path, "kept", {1: 7, 3: 0})
+    table_dir = tmp_path / "v1" / "tables-kept"
+    topic = "kept-artifact-collections-changelog"
+    applied = kept_state.applied_offsets(table_dir, TopicNames(settings).changelogs(), 4)
+    assert applied == {
+        TopicPartition(topic, 1): (table_dir / "artifact-collections-1.db", 7),
+        TopicPartition(topic, 3): (table_dir / "artifact-collections-3.db", 0),
+    }
+    # Offset 0 applied against an empty changelog is ahead too (Faust's own check lets it by).
+    ends = {TopicPartition(topic, 1): 8, TopicPartition(topic, 3): 0}
+    assert list(kept_state.ahead_of_changelog(applied, ends)) == [
+        f"the kept table store {table_dir}/artifact-collections-3.db has applied {topic}[3] up to "
+        "offset 0, but that changelog ends at offset 0"
+    ]
+    assert list(kept_state.ahead_of_changelog(applied, {**ends, TopicPartition(topic, 3): 1})) == []
+
+
+def test_the_worker_refuses_a_kept_directory_written_against_other_changelogs(
+    tmp_path: Path, bootstrap_servers: str
+) -> None:
+    """New changelog topics (another broker, topics deleted and created again) against a kept
+    directory: one line before the worker joins its group, not Faust's ConsistencyError."""
+    app_id = f"kept-{uuid.uuid4().hex[:8]}"
+    settings = dataclasses.replace(_kept_store(tmp_path, app_id, {1: 7}), bootstrap_servers=bootstrap_servers)
+
+    with pytest.raises(config.ConfigError) as refused:
+        asyncio.run(runner.prepare(settings))
+
+    table_dir = tmp_path / "v1" / f"tables-{app_id}"
+    assert str(refused.value) == (
+        f"data_dir: the kept table store {table_dir}/artifact-collections-1.db has applied "
+        f"{app_id}-artifact-collections-changelog[1] up to offset 7, but that changelog ends at offset 0: "
+        f"the directory was written against another broker or topics since deleted; remove {table_dir} "
+        "(the tables are rebuilt from their changelogs) or use another data_dir"
+    )
+    shutil.rmtree(table_dir)
+    asyncio.run(runner.prepare(settings))  # emptied: the tables come back from the changelogs

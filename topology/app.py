@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -86,11 +87,12 @@ class TopicNames:
                     s.dead_letter_topic,
                 )
             ),
-            *(
-                TopicSpec(f"{s.app_id}-{table}-changelog", s.partitions, rf, True, limit)
-                for table in TABLES
-            ),
+            *(TopicSpec(topic, s.partitions, rf, True, limit) for topic in self.changelogs().values()),
         ]
+
+    def changelogs(self) -> dict[str, str]:
+        """Each table's changelog topic, as Faust names it: `<app_id>-<table>-changelog`."""
+        return {table: f"{self.settings.app_id}-{table}-changelog" for table in TABLES}
 
 
 INTAKE_BATCHES = 4  # a step's intake holds this many batches; beyond it, the fetch loop waits
@@ -120,6 +122,7 @@ class Worker:
             broker=settings.broker_url,
             store=settings.store,
             datadir=settings.data_dir,
+            tabledir=table_dir(settings),
             topic_partitions=settings.partitions,
             topic_replication_factor=settings.replication_factor,
             topic_allow_declare=True,
@@ -524,6 +527,14 @@ def _exit_for_replay(name: str) -> None:
 
 def _items_of(table: Table) -> Callable[[], list[tuple[bytes, bytes]]]:
     return lambda: list(table.data.items())
+
+
+def table_dir(settings: Settings) -> Path:
+    """Where the tables' RocksDB stores live: one directory per `app_id` under `data_dir`, as each
+    app_id has changelog topics of its own, so that a new `app_id` starts with new tables. Faust's
+    default, `<data_dir>/v1/tables`, names its files by table alone: a store kept from another
+    app_id is ahead of the new changelog it is recovered from (Faust's ConsistencyError)."""
+    return Path(settings.data_dir, "v1", f"tables-{settings.app_id}")
 
 
 def table_keys(table: Any) -> int:

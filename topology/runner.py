@@ -21,8 +21,8 @@ from collections.abc import Callable, Mapping
 
 import faust
 
-from topology import admin, diagnostics, logs
-from topology.app import TopicNames, Worker
+from topology import admin, diagnostics, kept_state, logs
+from topology.app import TopicNames, Worker, table_dir
 from topology.config import ConfigError, Settings
 from topology.embedded_broker import EmbeddedBroker
 from topology.metrics import Metrics, MetricsServer, listen
@@ -31,9 +31,15 @@ log = logging.getLogger("prefect_events")
 
 
 async def prepare(settings: Settings) -> None:
-    """Fail fast with one line if Kafka is unreachable; create every topic with its partitions."""
+    """Fail fast with one line if Kafka is unreachable; create every topic with its partitions;
+    refuse a kept RocksDB directory that is ahead of its changelogs."""
     await admin.wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
-    await admin.ensure_topics(settings.bootstrap_servers, TopicNames(settings).specs())
+    names = TopicNames(settings)
+    await admin.ensure_topics(settings.bootstrap_servers, names.specs())
+    if settings.store.startswith("rocksdb://"):
+        await kept_state.check(
+            settings.bootstrap_servers, table_dir(settings), names.changelogs(), settings.partitions
+        )
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -97,6 +103,21 @@ def check_data_dir(settings: Settings) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"data_dir: cannot write to {path!r}: {exc.strerror or exc}") from None
+
+
+def warn_of_earlier_tables(settings: Settings) -> None:
+    if not settings.store.startswith("rocksdb://"):
+        return
+    earlier = kept_state.earlier_layout(settings.data_dir)
+    if earlier is not None:
+        log.warning(
+            "%s holds table stores named by table alone, from an earlier version: not used. The "
+            "tables live in %s now (one directory per app_id) and are rebuilt from their "
+            "changelogs; to keep the old stores instead, stop the worker and move them there if "
+            "they are this app_id's",
+            earlier,
+            table_dir(settings),
+        )
 
 
 def for_embedded_broker(settings: Settings, bootstrap_servers: str) -> Settings:
@@ -200,6 +221,7 @@ def run_worker(
     limit_malloc_arenas()
     logs.configure(settings)
     check_data_dir(settings)
+    warn_of_earlier_tables(settings)
     broker = None
     if embedded_broker:
         broker = EmbeddedBroker().start()
