@@ -50,6 +50,8 @@ def events(
     name = materialization_name(result)
     if name is None or not downstream:
         return []
+    if result.too_deep is not None:
+        raise result.too_deep.bare()  # a copy: the kept one would hold this frame once raised
     # Every event of the message shares these lists: build() only reads them.
     context = run_context_related(result.context)
     out = [

@@ -129,6 +129,9 @@ class TaskResult:
     upstream: tuple[Asset, ...]
     upstream_task_run_ids: tuple[str, ...]
     materialized_by: str | None
+    #: Metadata nested past what an event can carry: refused only if the result emits events
+    #: (streams.assets.events); a result that emits none still passes its assets on (SPEC §5).
+    too_deep: Invalid | None = None
 
 
 # --- decoding ---------------------------------------------------------------------------------
@@ -223,9 +226,13 @@ def parse_task_result(raw: bytes) -> TaskResult:
         Materialized(_asset(item, f"downstream_assets[{i}]"), _metadata(item, i))
         for i, item in enumerate(_list(msg, "downstream_assets", ""))
     )
+    too_deep = None
     if downstream and _may_nest_too_deep(raw):
-        for i, m in enumerate(downstream):
-            _check_depth(m.metadata, f"downstream_assets[{i}].metadata", _METADATA_DEPTH)
+        try:
+            for i, m in enumerate(downstream):
+                _check_depth(m.metadata, f"downstream_assets[{i}].metadata", _METADATA_DEPTH)
+        except Invalid as exc:
+            too_deep = exc.bare()  # no traceback: it would hold this frame, and the batch
     if any(exact_json.may_be_rounded(m.metadata) for m in downstream):
         exact = exact_json.reread(raw)
         if exact is not None:
@@ -250,6 +257,7 @@ def parse_task_result(raw: bytes) -> TaskResult:
         upstream=upstream,
         upstream_task_run_ids=upstream_ids,
         materialized_by=_optional_str(msg, "materialized_by", ""),
+        too_deep=too_deep,
     )
 
 

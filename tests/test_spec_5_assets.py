@@ -140,6 +140,21 @@ def test_cached_run_passes_its_assets_on():
     ]
 
 
+@pytest.mark.parametrize("state, name", [("COMPLETED", "Cached"), ("RUNNING", "Running")])
+def test_a_run_that_emits_nothing_passes_its_assets_on_however_deep_its_metadata(state, name):
+    """Only events are held to orjson's depth (SPEC §6: a message that would produce an event over
+    a limit); a result that produces none is applied, and its downstream assets are passed on."""
+    deep = h.task_result(A, downstream=[h.materialized("s3://x", {"m": h.nested(300)})],
+                         state=state, state_name=name)
+    consumer = h.task_result(C, downstream=[h.materialized("s3://y")], upstream_runs=[A], at=1)
+    pipeline = AssetPipeline()
+    assert [pipeline.process(h.encode(m)).dead_letter for m in (deep, consumer)] == [None, None]
+    assert run([deep, consumer]) == [
+        referenced(consumer, {"prefect.resource.id": "s3://x"}),
+        materialization(consumer, {"prefect.resource.id": "s3://y"}, ["s3://x"], {}),
+    ]
+
+
 # --- labels -----------------------------------------------------------------------------------
 
 
