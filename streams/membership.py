@@ -8,13 +8,10 @@ keyed artifact's, which the collection step emits behind its create's.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 
 from streams import artifacts
-from streams.artifacts import COLLECTION_CREATED
-from streams.envelope import MAX_EVENT_BYTES, Event, TooLarge, prefect_size, too_large
-from streams.errors import Invalid
+from streams.envelope import Event
 from streams.messages import ArtifactCreate, ArtifactDelete, ArtifactOp, ArtifactUpdate
 
 
@@ -58,10 +55,6 @@ class MembershipStep:
     unknown_delete: bool = False
 
 
-# Placeholder collection id for the size pre-check: every UUID renders to the same length.
-_ANY_ID = str(uuid.UUID(int=0))
-
-
 def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> MembershipStep:
     """Apply one operation to what is known of its artifact id. Raises Invalid (nothing changes)."""
     step = MembershipStep(current)
@@ -74,7 +67,9 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
             step.events.append(artifacts.created_event(op, content))
             step.membership, step.changed = Membership(None), True
         else:
-            _check_collection_event_fits(op, content)
+            # Its events, and whether any is over a limit, are the collection step's: only there is
+            # it known whether the artifact becomes the latest (SPEC §6 refuses a message for the
+            # events it would produce, not for those a later delete might).
             step.membership, step.changed, step.forward_to = Membership(key), True, key
     elif isinstance(op, ArtifactUpdate):
         if current is not None and current.key is not None:
@@ -91,29 +86,3 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
                 step.membership, step.changed = Membership(current.key, op.occurred_us), True
             step.forward_to = current.key
     return step
-
-
-def _check_collection_event_fits(op: ArtifactCreate, content: bytes) -> None:
-    """All or nothing: a create whose collection event would be over a limit is refused here,
-    before any state changes, rather than half-applied one step later.
-
-    Whether it becomes the latest is not known here, and is refused all the same when it does
-    not: once stored, it could become the latest later (when newer versions are deleted), and the
-    delete that re-points the collection to it would be the refused message instead."""
-    # orjson re-encodes `data`; its output can outgrow the input: `1e15` (4 bytes) renders as
-    # `1000000000000000.0` (18), so `[1e15,1e15,...]` grows 3.8x; the key appears twice. Below
-    # 5x the input cannot reach the limit; above, build the events to know.
-    if prefect_size(5 * len(content) + 4096) <= MAX_EVENT_BYTES:
-        return
-    artifacts.created_event(op, content)
-    key = op.artifact.key or ""
-    try:
-        artifacts.collection_event(
-            COLLECTION_CREATED, op.occurred_us, key, _ANY_ID, artifacts.version_of(op), content
-        )
-    except TooLarge as exc:
-        raise Invalid(
-            exc.code,
-            f"whenever this artifact is the latest of key {key[:200]!r}, its collection event "
-            f"would be {too_large(exc.size)} (refused now: a later delete could make it the latest)",
-        ) from None

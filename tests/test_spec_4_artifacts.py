@@ -436,9 +436,9 @@ def test_create_whose_collection_event_is_too_large_is_a_dead_letter_and_never_h
     outcome = run.pipeline.process(h.encode(big))
     assert outcome.events == []
     assert str(outcome.dead_letter) == (
-        "event_too_large: whenever this artifact is the latest of key 'report', its collection "
-        "event would be 1500613 bytes, 1500654 with the received time Prefect's server adds, over "
-        "its limit of 1500000 (refused now: a later delete could make it the latest)"
+        f"event_too_large: prefect.artifact-collection.created for prefect.artifact-collection."
+        f"{collection_id(KEY, V1)} would be 1500613 bytes, 1500654 with the received time Prefect's "
+        "server adds, over its limit of 1500000"
     )
     assert run.state() == ({}, {}, {}, {})
     good = h.create(V2, KEY, 1)

@@ -269,9 +269,9 @@ def test_an_event_prefect_would_drop_for_its_received_field_dead_letters_the_who
     outcome = pipeline.process(h.encode(_sized_create(1_499_960)))
     assert outcome.events == []
     assert str(outcome.dead_letter) == (
-        "event_too_large: whenever this artifact is the latest of key 'report', its collection "
-        "event would be 1499960 bytes, 1500001 with the received time Prefect's server adds, over "
-        "its limit of 1500000 (refused now: a later delete could make it the latest)"
+        f"event_too_large: prefect.artifact-collection.updated for {_collection_of(pipeline)} "
+        "would be 1499960 bytes, 1500001 with the received time Prefect's server adds, over its "
+        "limit of 1500000"
     )
     assert _state(pipeline) == before
     [coll, created] = h.raw_events(pipeline, [_sized_create(1_499_959)])
@@ -290,38 +290,52 @@ def test_an_update_prefect_would_drop_for_its_received_field_is_a_dead_letter():
     )
 
 
-def test_an_older_create_too_large_to_ever_be_the_latest_is_refused_with_a_truthful_reason():
-    """It would not be the latest now (an older `created`), so no collection event would be
-    emitted for it; it is refused all the same, as a later delete of the newer version would
-    make it the latest, and the reason says so instead of naming an event that is not due."""
+def _collection_of(pipeline):
+    return "prefect.artifact-collection." + pipeline.collections["report"].id
+
+
+def test_an_older_create_too_large_to_be_the_latest_is_applied_and_the_delete_that_would_repoint_is_refused():
+    """SPEC §6 refuses a message for the events it would produce: an older create makes no
+    collection event, so it is applied and its artifact.created goes out. The delete of the newer
+    version would re-point the collection to it, with an event over the limit: that delete is the
+    dead letter, and the collection stays as it was (same id, same latest)."""
     pipeline = ArtifactPipeline()
-    h.raw_events(pipeline, [h.create(V1, at=0, created=10)])
-    before = copy.deepcopy(_state(pipeline))
+    [started, _] = h.raw_events(pipeline, [h.create(V1, at=0, created=10)])
     older = _sized_create(1_500_000, created=5)
-    outcome = pipeline.process(h.encode(older))
+    assert [e.name for e in h.raw_events(pipeline, [older])] == ["prefect.artifact.created"]
+    before = copy.deepcopy(_state(pipeline))
+    outcome = pipeline.process(h.encode(h.delete(V1, at=2)))
     assert outcome.events == []
     assert str(outcome.dead_letter) == (
-        "event_too_large: whenever this artifact is the latest of key 'report', its collection "
-        "event would be 1500000 bytes, 1500041 with the received time Prefect's server adds, over "
-        "its limit of 1500000 (refused now: a later delete could make it the latest)"
+        f"event_too_large: prefect.artifact-collection.updated for {_collection_of(pipeline)} "
+        "would be 1500000 bytes, 1500041 with the received time Prefect's server adds, over its "
+        "limit of 1500000"
     )
     assert _state(pipeline) == before
+    again = h.create(V3, at=3, created=20)
+    [coll, _] = h.raw_events(pipeline, [again])
+    assert (coll.name, coll.resource_id) == ("prefect.artifact-collection.updated", _collection_of(pipeline))
+    assert started.resource_id == _collection_of(pipeline)
 
 
-def test_oversized_collection_event_is_refused_before_membership_state_changes():
-    """All or nothing across the worker's two steps: the membership step, which would commit the
-    artifact's key, refuses a create whose collection event (one hop later) would be too large."""
+def test_a_create_whose_collection_event_is_too_large_is_refused_where_its_events_are_built():
+    """All or nothing at the collections step, which alone knows whether the artifact becomes the
+    latest: the memberships step hands the create on, the collections step refuses it whole and
+    leaves the collection as it was; the dead letter is the producer's record."""
     grows = _grows()
     assert len(grows) < 500_000
     routed = _route_artifacts(_raw(RAW_ARTIFACTS, [grows]))
     by_id = _forwarded(routed.outputs, TOPICS.artifacts_by_id)
-    result = steps.apply_memberships(TOPICS, by_id, Table().load)
-    [(_, written)] = result.writes.values()  # the refusal is remembered, no membership
-    assert steps.Stamped.load(written).state is None
-    [dead] = result.outputs
+    memberships = steps.apply_memberships(TOPICS, by_id, Table().load)
+    by_key = _forwarded(memberships.outputs, TOPICS.artifacts_by_key)
+    assert len(by_key) == 1 and [o.topic for o in memberships.outputs] == [TOPICS.artifacts_by_key]
+    collections = steps.apply_collections(TOPICS, by_key, Table().load)
+    [dead] = collections.outputs
     assert dead.topic == TOPICS.dead_letters and dead.value == grows
-    assert dead.key == b"producer-key-0"  # the producer's, not the artifact id the hop keyed it by
+    assert dead.key == b"producer-key-0"  # the producer's, not the key a hop keyed it by
     assert dict(dead.headers)["prefect-source-topic"] == RAW_ARTIFACTS.encode()
+    [(_, written)] = collections.writes.values()  # the refusal is remembered, no collection
+    assert steps.Stamped.load(written).state == {"members": {"seq": 0, "next": 0, "open": None, "pages": []}}
 
 
 # --- topology.steps: replays --------------------------------------------------------------------
