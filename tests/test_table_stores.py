@@ -326,3 +326,15 @@ def test_the_worker_refuses_a_kept_directory_written_against_other_changelogs(
     )
     shutil.rmtree(table_dir)
     asyncio.run(runner.prepare(settings))  # emptied: the tables come back from the changelogs
+
+
+def test_a_relative_data_dir_keeps_the_tables_under_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default `./data`: Faust reads a relative table directory under its data directory."""
+    monkeypatch.chdir(tmp_path)
+    worker = Worker(config.load({"store": "rocksdb://", "data_dir": "data", "app_id": "rel"}, environ={}))
+    worker.app._create_directories()
+    path = Path(worker.collections.data.partition_path(1))  # type: ignore[attr-defined]
+    assert path == tmp_path / "data" / "v1" / "tables-rel" / "artifact-collections-1.db"
+    assert (tmp_path / "data" / "v1" / "tables-rel").is_dir()

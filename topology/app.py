@@ -533,8 +533,9 @@ def table_dir(settings: Settings) -> Path:
     """Where the tables' RocksDB stores live: one directory per `app_id` under `data_dir`, as each
     app_id has changelog topics of its own, so that a new `app_id` starts with new tables. Faust's
     default, `<data_dir>/v1/tables`, names its files by table alone: a store kept from another
-    app_id is ahead of the new changelog it is recovered from (Faust's ConsistencyError)."""
-    return Path(settings.data_dir, "v1", f"tables-{settings.app_id}")
+    app_id is ahead of the new changelog it is recovered from (Faust's ConsistencyError). Absolute:
+    Faust would put a relative one under `<data_dir>/v1` again."""
+    return Path(settings.data_dir, "v1", f"tables-{settings.app_id}").absolute()
 
 
 def table_keys(table: Any) -> int:
