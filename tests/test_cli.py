@@ -163,10 +163,6 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None
     ("args", "message"),
     [
         (
-            ["forward", "--to", "http://x/api", "--forward-batch-size", "many"],
-            "prefect-events forward: error: argument --forward-batch-size: invalid int value: 'many'",
-        ),
-        (
             ["config", "--commit-interval-s", "-inf"],
             "prefect-events config: error: argument --commit-interval-s: expected one argument",
         ),
@@ -316,6 +312,40 @@ def test_a_duration_flag_must_be_finite_and_positive(command: str, flag: str, va
     assert (result.returncode, result.stderr.decode()) == (
         2,
         f"prefect-events: error: {flag} must be a finite number of seconds > 0\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("command", "flag", "value", "expected"),
+    [
+        ("tail", "--max", "1_0", "an integer"),
+        ("tail", "--max", "\u0663", "an integer"),
+        ("tail", "--max", "+3", "an integer"),
+        ("tail", "--max", " 3", "an integer"),
+        ("tail", "--max", "many", "an integer"),
+        ("tail", "--timeout", "1_0", "a number"),
+        ("tail", "--timeout", "\u0665", "a number"),
+        ("tail", "--timeout", "5 ", "a number"),
+        ("demo", "--seconds", "6_0", "a number"),
+        ("demo", "--seconds", "+60", "a number"),
+        ("forward", "--forward-batch-size", "2_00", "an integer"),
+        ("forward", "--forward-batch-size", "\u0662", "an integer"),
+        ("forward", "--forward-batch-size", "many", "an integer"),
+        ("config", "--metrics-port", "+9309", "an integer"),
+        ("config", "--metrics-port", " 9309 ", "an integer"),
+        ("config", "--partitions", " 4", "an integer"),
+    ],
+)
+def test_a_number_flag_is_read_as_strictly_as_a_setting(
+    command: str, flag: str, value: str, expected: str
+) -> None:
+    """int() and float() read `1_0` as 10, `\u0663` as 3 and take a sign and blanks: every
+    numeric flag goes through the settings' parser, and is refused the same way, before Kafka."""
+    before = {"tail": ["--topic", "t"], "forward": ["--to", "http://127.0.0.1:1/api"]}.get(command, [])
+    result = cli(command, *before, *UNREACHABLE, f"{flag}={value}")  # the last --metrics-port wins
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: {flag}: expected {expected}, got {value!r}\n",
     )
 
 
@@ -512,8 +542,23 @@ def test_bad_environment_names_the_variable() -> None:
         ("PARTITIONS", "4_0", "PREFECT_EVENTS_PARTITIONS: expected an integer, got '4_0'"),
         ("COMMIT_INTERVAL_S", "1_0.5", "PREFECT_EVENTS_COMMIT_INTERVAL_S: expected a number, got '1_0.5'"),
         ("LINEAGE_RETENTION_DAYS", "1e-320", "lineage_retention_days: 1e-320 is below a microsecond"),
+        ("METRICS_PORT", "+9309", "PREFECT_EVENTS_METRICS_PORT: expected an integer, got '+9309'"),
+        ("METRICS_PORT", " 9309 ", "PREFECT_EVENTS_METRICS_PORT: expected an integer, got ' 9309 '"),
+        ("PARTITIONS", " 4", "PREFECT_EVENTS_PARTITIONS: expected an integer, got ' 4'"),
+        ("COMMIT_INTERVAL_S", "1.5\n", "PREFECT_EVENTS_COMMIT_INTERVAL_S: expected a number, got '1.5\\n'"),
+        ("COMMIT_INTERVAL_S", "+1.5", "PREFECT_EVENTS_COMMIT_INTERVAL_S: expected a number, got '+1.5'"),
     ],
-    ids=["arabic-indic-digit", "int-underscore", "float-underscore", "no-retention"],
+    ids=[
+        "arabic-indic-digit",
+        "int-underscore",
+        "float-underscore",
+        "no-retention",
+        "int-plus",
+        "int-spaces",
+        "int-leading-space",
+        "float-newline",
+        "float-plus",
+    ],
 )
 def test_a_number_python_would_stretch_to_read_is_refused(variable: str, value: str, message: str) -> None:
     """int() and float() read `4_0` as 40 and `\u0664` (Arabic-Indic four) as 4: a typo or a pasted

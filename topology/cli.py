@@ -106,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tail", parents=[settings], help="print a topic's records as JSONL")
     p.add_argument("--topic", required=True)
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--max", type=int, default=None, help="stop after N records")
-    p.add_argument("--timeout", type=float, default=None, help="stop after S idle seconds")
+    # Numeric flags are strings here, read by config.number as the settings are.
+    p.add_argument("--max", default=None, help="stop after N records")
+    p.add_argument("--timeout", default=None, help="stop after S idle seconds")
     p.add_argument("--meta", action="store_true", help="wrap each value with key and headers")
 
     sub.add_parser("config", parents=[settings], help="print the effective configuration")
@@ -129,7 +130,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seconds",
-        type=float,
         default=DEMO_SECONDS,
         help=f"give up after this many seconds [default {DEMO_SECONDS:g}]",
     )
@@ -143,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--forward-batch-size",
-        type=int,
         default=FORWARD_BATCH_SIZE,
         help=f"most records per request to the server, at least 1 [default {FORWARD_BATCH_SIZE}]",
     )
@@ -164,11 +163,15 @@ def _broker_given(args: argparse.Namespace) -> bool:
     return args.bootstrap_servers is not None or bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
 
 
-def _require_seconds(flag: str, value: float | None) -> None:
-    """A duration flag, checked as the duration settings are: nan never compares past a deadline
-    (the wait was endless), and 0 or less gives up before anything could happen."""
-    if value is not None and not (math.isfinite(value) and value > 0):
+def _seconds(flag: str, raw: str | float | None) -> float | None:
+    """A duration flag, read and checked as the duration settings are: nan never compares past a
+    deadline (the wait was endless), and 0 or less gives up before anything could happen."""
+    if raw is None:
+        return None
+    value = config.number(flag, raw, float)
+    if not (math.isfinite(value) and value > 0):
         raise UsageError(f"{flag} must be a finite number of seconds > 0")
+    return value
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -224,9 +227,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from topology.demo import run_demo
 
     settings = _settings(args)
-    _require_seconds("--seconds", args.seconds)
+    seconds = _seconds("--seconds", args.seconds)
+    assert seconds is not None  # it has a default
     # A broker given by flag or environment is used; else the demo brings its own.
-    return run_demo(settings, seconds=args.seconds, embedded_broker=not _broker_given(args))
+    return run_demo(settings, seconds=seconds, embedded_broker=not _broker_given(args))
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
@@ -255,11 +259,12 @@ def cmd_tail(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     config.topic_name("--topic", args.topic)
-    if args.max is not None and args.max < 1:
+    most = None if args.max is None else config.number("--max", args.max, int)
+    if most is not None and most < 1:
         raise UsageError("--max must be >= 1")
-    _require_seconds("--timeout", args.timeout)
+    timeout = _seconds("--timeout", args.timeout)
     out = _stdout()
-    asyncio.run(tail(settings, args.topic, out, args.from_beginning, args.max, args.timeout, args.meta))
+    asyncio.run(tail(settings, args.topic, out, args.from_beginning, most, timeout, args.meta))
     return 0
 
 
@@ -273,7 +278,8 @@ def cmd_forward(args: argparse.Namespace) -> int:
         events_url(args.to)
     except ValueError as exc:
         raise UsageError(f"--to: {exc}") from None
-    if args.forward_batch_size < 1:
+    batch_size = config.number("--forward-batch-size", args.forward_batch_size, int)
+    if batch_size < 1:
         raise UsageError("--forward-batch-size must be >= 1")
     if args.group_id is not None:
         config.utf8("--group-id", args.group_id)  # else the Kafka client's traceback on joining
@@ -296,7 +302,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
                 settings,
                 args.to,
                 group_id=args.group_id,
-                batch_size=args.forward_batch_size,
+                batch_size=batch_size,
                 stop=stop,
                 # Prefect's own variables: Bearer key (Cloud) or basic auth (self-hosted server).
                 api_key=os.environ.get("PREFECT_API_KEY") or None,

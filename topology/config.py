@@ -15,7 +15,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, TypeVar, get_type_hints
 
 
 class ConfigError(ValueError):
@@ -209,22 +209,34 @@ def utf8(name: str, raw: Any) -> Any:
     return raw
 
 
-def _coerce(name: str, raw: Any, kind: type) -> Any:
+Num = TypeVar("Num", int, float)
+
+
+def number(name: str, raw: str | Num, kind: type[Num]) -> Num:
+    """`raw` as an int or a float, read strictly; else ConfigError naming `name` (a setting's
+    variable or flag, or a command's numeric flag: every number the CLI takes is read here).
+
+    int() and float() also read `4_0` as 40, other scripts' digits (`٤` as 4), a leading `+` and
+    surrounding blanks: a typo or a pasted character would pass as another number. `inf` and `nan`
+    pass, for the caller's range check to name."""
     raw = utf8(name, raw)
-    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+    if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw
-    text = str(raw).strip()
-    if kind not in (int, float):
-        return text
+    text = str(raw)
     try:
-        # int() and float() also read `4_0` as 40 and other scripts' digits (`٤` as 4): a typo or
-        # a pasted character would pass as another number.
-        if not text.isascii() or "_" in text:
+        if not text.isascii() or "_" in text or text != text.strip() or text.startswith("+"):
             raise ValueError(text)
-        return int(text) if kind is int else float(text)
+        return kind(text)
     except ValueError:
         expected = "an integer" if kind is int else "a number"
         raise ConfigError(f"{name}: expected {expected}, got {text!r}") from None
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if kind in (int, float):
+        return number(name, raw, kind)
+    raw = utf8(name, raw)
+    return raw if isinstance(raw, kind) else str(raw).strip()
 
 
 def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
