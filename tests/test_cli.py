@@ -638,13 +638,23 @@ def test_each_unknown_variable_is_one_warning_and_the_tests_own_are_none(
     }
     assert config.load(environ=environ).batch_size == 10
     assert capsys.readouterr().err.splitlines() == [
-        f"prefect-events: warning: {name} is not a setting (ignored); see prefect-events config"
-        for name in (
-            "PREFECT_EVENTS_BOOTSTRAP_SERVERS",
-            "PREFECT_EVENTS_PARTITION",
-            "prefect_events_batch_size",
+        f"prefect-events: warning: {name} is not a setting (ignored); {hint}"
+        for name, hint in (
+            # a setting under the name it is not read from: the one it is
+            ("PREFECT_EVENTS_BOOTSTRAP_SERVERS", "use KAFKA_BOOTSTRAP_SERVERS"),
+            ("PREFECT_EVENTS_PARTITION", "see prefect-events config"),
+            ("prefect_events_batch_size", "use PREFECT_EVENTS_BATCH_SIZE"),
         )
     ]
+
+
+def test_the_broker_is_the_only_setting_read_from_a_variable_of_another_pattern() -> None:
+    """Were there another, its PREFECT_EVENTS_ name would want the same hint (above)."""
+    assert {
+        f.name: config.env_name(f)
+        for f in dataclasses.fields(config.Settings)
+        if config.env_name(f) != f"PREFECT_EVENTS_{f.name.upper()}"
+    } == {"bootstrap_servers": "KAFKA_BOOTSTRAP_SERVERS"}
 
 
 def test_the_variables_that_are_no_settings_are_the_ones_the_repository_uses() -> None:

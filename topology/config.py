@@ -2,8 +2,8 @@
 
 Every setting has an environment variable `PREFECT_EVENTS_<NAME>` (upper case), except the broker
 address, which follows the Kafka convention `KAFKA_BOOTSTRAP_SERVERS`. Any other `PREFECT_EVENTS_*`
-variable gets a warning (a misspelled setting would otherwise be ignored without a word), but for
-those in NOT_SETTINGS.
+variable gets a warning (a misspelled setting would otherwise be ignored without a word; one named
+after a setting names the variable that sets it), but for those in NOT_SETTINGS.
 """
 
 from __future__ import annotations
@@ -193,6 +193,16 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     )
 
 
+def meant_variable(name: str) -> str | None:
+    """The variable that sets what `name`, no setting's, looks like it was meant to: the broker's
+    `KAFKA_BOOTSTRAP_SERVERS` for its name under `PREFECT_EVENTS_`, a setting's own for its name
+    in another case; None for a name like no setting's."""
+    for f in fields(Settings):
+        if name.upper() == f"{ENV_PREFIX}{f.name.upper()}":
+            return env_name(f)
+    return None
+
+
 def utf8(name: str, raw: Any) -> Any:
     """`raw`, unless it is a str that cannot be UTF-8: bytes that are not UTF-8 in the environment
     or the command line reach Python as lone surrogates (PEP 383), which orjson, the Kafka clients
@@ -244,10 +254,9 @@ def load(overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     Each `PREFECT_EVENTS_*` variable that is not a setting gets a warning line on stderr."""
     environ = os.environ if environ is None else environ
     for name in unknown_variables(environ):
-        print(
-            f"prefect-events: warning: {name} is not a setting (ignored); see prefect-events config",
-            file=sys.stderr,
-        )
+        meant = meant_variable(name)
+        hint = f"use {meant}" if meant else "see prefect-events config"
+        print(f"prefect-events: warning: {name} is not a setting (ignored); {hint}", file=sys.stderr)
     hints = get_type_hints(Settings)
     values: dict[str, Any] = {}
     for f in fields(Settings):
