@@ -471,6 +471,25 @@ def test_forward_metrics_port_in_use_is_one_line_before_kafka() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "flags", [["--embedded-broker"], UNREACHABLE[:4]], ids=["embedded broker", "unreachable broker"]
+)
+def test_worker_metrics_port_in_use_is_one_line_before_broker_or_kafka(flags: list[str]) -> None:
+    """The port is bound first: no embedded broker started (it logged two lines, then stopped),
+    no broker wait (which ended in `cannot reach Kafka`, exit 1)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        metrics = ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+        result = cli("worker", *flags, "--store", "memory://", *metrics)
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: metrics server: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use (metrics_host, metrics_port; port 0 disables the server)\n",
+    )
+
+
 def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:
     """With Kafka unreachable the forwarder waits up to broker_wait_s; SIGTERM ends that wait."""
     port = free_port()
@@ -1059,6 +1078,8 @@ def test_produce_names_each_line_the_broker_refuses_as_too_large(
     ]
 
 
+NO_METRICS = ["--metrics-port", "0"]  # port 9309 may be taken on this machine, and is bound first
+
 # `worker --embedded-broker` with a stand-in broker, stopped once its settings are made.
 FAKE_EMBEDDED_WORKER = """
 import sys
@@ -1122,7 +1143,7 @@ def test_embedded_broker_worker_says_which_settings_it_overrode(
     if servers is not None:
         env["KAFKA_BOOTSTRAP_SERVERS"] = servers
     result = subprocess.run(
-        [sys.executable, "-c", FAKE_EMBEDDED_WORKER, "worker", "--embedded-broker", *flags],
+        [sys.executable, "-c", FAKE_EMBEDDED_WORKER, "worker", "--embedded-broker", *flags, *NO_METRICS],
         capture_output=True,
         cwd=ROOT,
         env=env,

@@ -80,11 +80,12 @@ def build(settings: Settings, metrics: Metrics | None = None) -> Worker:
     return worker
 
 
-async def serve_health(worker: Worker, settings: Settings) -> MetricsServer:
+async def serve_health(metrics: Metrics, settings: Settings, ready: Callable[[], bool]) -> MetricsServer:
     """Listen before Faust starts, on the loop it will run: /healthz answers and /readyz says 503
-    while the tables recover (minutes, with much state), and a port in use is one line at start
-    rather than a traceback from inside a worker that has joined its group."""
-    server = await listen(worker.metrics, settings.metrics_host, settings.metrics_port, worker.ready)
+    while the tables recover (minutes, with much state). Bound before the embedded broker starts
+    and Kafka is asked, as the forwarder does: a port in use is the one line at start, not a
+    traceback from inside a worker that has joined its group, nor a line after a broker's start."""
+    server = await listen(metrics, settings.metrics_host, settings.metrics_port, ready)
     log.info("metrics on %s/metrics", server.url)
     return server
 
@@ -221,26 +222,30 @@ def run_worker(
     limit_malloc_arenas()
     logs.configure(settings)
     check_data_dir(settings)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # Faust's worker runs the loop it finds set
+    metrics = Metrics()
+    worker: Worker | None = None  # /readyz: 503 until it is built and ready
+    if settings.metrics_port:
+        loop.run_until_complete(
+            serve_health(metrics, settings, lambda: worker is not None and worker.ready())
+        )
     warn_of_earlier_tables(settings)
     broker = None
-    if embedded_broker:
-        broker = EmbeddedBroker().start()
-        given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
-        log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
-        log_overrides(given, settings, log.info, broker_given=broker_given)
     try:
-        loop = asyncio.new_event_loop()
+        if embedded_broker:
+            broker = EmbeddedBroker().start()
+            given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
+            log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
+            log_overrides(given, settings, log.info, broker_given=broker_given)
+        setup = asyncio.new_event_loop()  # its clients' leftovers go with it
         try:
-            loop.run_until_complete(prepare(settings))
+            setup.run_until_complete(prepare(settings))
         finally:
-            loop.close()
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)  # Faust's worker runs the loop it finds set
+            setup.close()
         if on_ready is not None:
             on_ready(settings)
-        worker = build(settings)
-        if settings.metrics_port:
-            loop.run_until_complete(serve_health(worker, settings))
+        worker = build(settings, metrics)
         faust_worker = _FaustWorker(
             worker.app,
             loglevel=settings.log_level.upper(),
