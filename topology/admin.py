@@ -121,7 +121,7 @@ async def _wait_for_broker(bootstrap_servers: str, timeout_s: float) -> None:
         except TimeoutError:
             pass  # the deadline came: keep the last error an attempt gave ("no answer" if none)
         except (KafkaError, OSError) as exc:
-            last_error = _one_line(exc)
+            last_error = one_line(exc)
         finally:
             with contextlib.suppress(Exception):
                 await client.close()
@@ -206,7 +206,8 @@ async def _check(bootstrap_servers: str, by_name: dict[str, TopicSpec]) -> None:
         await client.close()
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """`Type: message` on one line (the message alone where it names its type already)."""
     text, name = " ".join(str(exc).split()), type(exc).__name__
     if text.startswith(name):  # aiokafka's errors name themselves
         return text

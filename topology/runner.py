@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 
 import faust
+from mode.threads import WorkerThread
 
 from topology import admin, diagnostics, kept_state, logs
 from topology.app import TopicNames, Worker, table_dir
@@ -156,6 +157,36 @@ def log_overrides(
         write(f'the embedded broker overrides {changed} (README, "The embedded broker")')
 
 
+def log_thread_deaths_while_stopping(stopping: Callable[[], bool]) -> Callable[[], None]:
+    """With the broker gone, Faust's consumer thread (a mode WorkerThread) dies while the worker
+    stops (aiokafka's fetcher, cancelled in the retry of a request the lost connection failed), and
+    Python printed `Exception in thread Thread-1:` and three chained tracebacks above the shutdown's
+    own ERROR line. While `stopping()`, such a death is one WARNING line, `type: message` of the
+    error and of the one it interrupted; any other thread's error, or one before the stop, goes to
+    the hook there was. Returns the function that puts that hook back."""
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        exc, thread = args.exc_value, args.thread
+        if (
+            not isinstance(thread, WorkerThread)
+            or exc is None
+            or args.exc_type is SystemExit
+            or not stopping()
+        ):
+            previous(args)
+            return
+        during = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+        after = f" (after {admin.one_line(during)})" if during is not None else ""
+        log.warning("%s ended while stopping: %s%s", thread.name, admin.one_line(exc), after)
+
+    def restore() -> None:
+        threading.excepthook = previous
+
+    threading.excepthook = hook
+    return restore
+
+
 class _FaustWorker(faust.Worker):
     """Faust's worker, minus the debugger that mode starts on SIGUSR2 (from the first moment:
     a recovery can take minutes before the app's tasks run), and with a bound on shutdown."""
@@ -186,6 +217,11 @@ class _FaustWorker(faust.Worker):
             self._watchdog.daemon = True
             self._watchdog.start()
         super()._schedule_shutdown(signal)
+
+    @property
+    def stopping(self) -> bool:
+        """A signal has begun the shutdown."""
+        return self._stopping is not None
 
     def shutdown_finished(self) -> None:
         """Faust's shutdown is over: what is left (stopping the embedded broker) is not its wait."""
@@ -259,10 +295,12 @@ def run_worker(
         # so every library debug call builds a record (~7% of CPU measured): no spinner.
         faust_worker.spinner = None
         log.debug("garbage collection thresholds %s", tune_gc(settings.gc_gen0_threshold))
+        restore_excepthook = log_thread_deaths_while_stopping(lambda: faust_worker.stopping)
         try:
             faust_worker.execute_from_commandline()
         finally:
             faust_worker.shutdown_finished()
+            restore_excepthook()
     except SystemExit as exc:
         return int(exc.code or 0)
     finally:
