@@ -33,8 +33,14 @@ venv_ok() {
 
 create_venv() {
   command -v "$PYTHON" >/dev/null 2>&1 || die "'$PYTHON' not found; install Python >= 3.11 or set PYTHON"
-  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "$("$PYTHON" -V 2>&1) is too old: Python >= 3.11 is required (set PYTHON=...)"
+  # One question, its answer checked: a program that does not run as Python (PYTHON=/bin/false)
+  # was reported as too old, its version blank.
+  local version
+  version="$("$PYTHON" -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null)" || true
+  [[ "$version" =~ ^([0-9]+)\.([0-9]+)\.[0-9]+$ ]] \
+    || die "'$PYTHON' could not be run as Python (it gave no version); install Python >= 3.11 or set PYTHON"
+  (( BASH_REMATCH[1] > 3 || (BASH_REMATCH[1] == 3 && BASH_REMATCH[2] >= 11) )) \
+    || die "Python $version is too old: Python >= 3.11 is required (set PYTHON=...)"
   if [[ -e "$VENV/pyvenv.cfg" ]]; then
     echo "bootstrap: $VENV is broken (its interpreter does not run); recreating it" >&2
     rm -rf "$VENV"
