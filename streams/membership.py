@@ -26,7 +26,9 @@ class Membership:
     collections step may still dead-letter it (its collection event over a limit, SPEC §6), and
     then the artifact lives on there. So updates and deletes of a keyed artifact are handed on
     whether or not it has a tombstone, and the collections step, which knows its members, decides
-    (an artifact it does not hold is an unknown delete there)."""
+    (an artifact it does not hold is an unknown delete there). Likewise a keyed create that the
+    collections step refused (its collection event over a limit) leaves a membership here; a
+    retry of it is handed on and refused there again."""
 
     key: str | None
     deleted_us: int | None = None
@@ -60,8 +62,12 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> Members
     step = MembershipStep(current)
     if isinstance(op, ArtifactCreate):
         key = op.artifact.key
-        if current is not None:
-            # The same artifact created again (a producer retry): its own event again, no state.
+        if current is not None and current.key is not None and not current.deleted:
+            # The same artifact created again (a producer retry): the collections step holds it
+            # (its own event again, no state) or refused it (refused again, as the first time).
+            step.forward_to = current.key
+        elif current is not None:
+            # A retry of an unkeyed or deleted artifact: its own event again, no state.
             step.events.append(artifacts.created_event(op, content))
         elif key is None:
             step.events.append(artifacts.created_event(op, content))

@@ -338,6 +338,30 @@ def test_a_dead_lettered_delete_leaves_the_artifact_in_its_collection(partitions
     )
 
 
+@pytest.mark.parametrize("partitions", [1, 4])
+def test_a_retried_create_the_collections_step_refused_is_refused_again(partitions: int) -> None:
+    """The memberships step has recorded the artifact when the collections step refuses its create
+    (its collection event over 1.5 MB); a producer's retry of the same bytes must be refused again,
+    as offline, not taken for a retry of an accepted create (SPEC §6: replays give the same)."""
+    from tests import spec_helpers as h
+
+    big = h.create(h.uid(1), "report", 1.0, data="x" * 1_500_000)
+    small = h.create(h.uid(2), "report", 2.0)
+    messages = [big, big, small, small]
+    offline = h.outcomes(ArtifactPipeline(), messages)
+    assert [o.dead_letter.code if o.dead_letter else None for o in offline] == [
+        "event_too_large", "event_too_large", None, None,
+    ]
+    driver = Driver(topics(partitions=partitions, raw_partitions=partitions))
+    for m in messages:
+        driver.produce(driver.topics.raw_artifacts, h.encode(m), key=m["artifact"]["id"].encode())
+        driver.run()
+    assert driver.events(driver.topics.artifact_events) == [e.value for o in offline for e in o.events]
+    assert [dict(r.headers)["prefect-dead-letter-code"] for r in _dead_letters(driver)] == [
+        b"event_too_large", b"event_too_large"
+    ]
+
+
 def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collection() -> None:
     """Handed on despite the tombstone (the collections step decides, see streams.membership), it
     is reported there with the artifact's id, and emits nothing."""
