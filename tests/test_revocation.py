@@ -12,7 +12,7 @@ import faust.transport.consumer
 import pytest
 from faust.types import TP
 
-from topology import config, transport
+from topology import config, steps, transport
 from topology.app import Worker
 from topology.records import partition_for
 from topology.steps import Stamped
@@ -134,7 +134,7 @@ def test_a_stop_waits_for_the_batch_in_flight_however_long_it_takes(faust_commit
     assert faust_commits == ["batch finished", "commit"]
 
 
-def _swept(worker: Worker, held: set[int]) -> list[tuple[bytes | None, int | None]]:
+def _swept(worker: Worker) -> list[tuple[bytes | None, int | None]]:
     changelog: list[tuple[bytes | None, int | None]] = []
 
     async def publish(outputs: Any) -> dict[tuple[str, int], int]:
@@ -143,35 +143,32 @@ def _swept(worker: Worker, held: set[int]) -> list[tuple[bytes | None, int | Non
 
     worker._publish = publish  # type: ignore[method-assign]
     worker.ready = lambda: True  # type: ignore[method-assign]
-    worker._held_partitions = lambda topics: held  # type: ignore[method-assign]
     asyncio.run(worker.sweep())
     return changelog
 
 
 def test_the_sweep_leaves_the_keys_of_partitions_moved_to_another_worker() -> None:
     """`memory://` keeps a revoked partition's keys (Faust prunes them only after a recovery);
-    its tombstones would land in a changelog partition another worker now writes."""
+    their tombstones would land in a changelog partition another worker now writes. A rebalance
+    revokes a worker's whole assignment: every watermark goes, and only partitions whose batches
+    ran since, ones the worker holds, are swept."""
     worker = _worker()
     silent = Stamped({}, {"last_seen_us": 1 * DAY_US, "passes_on": {}}).dump()
-    kept_key = next(k for k in (b"fr-%d" % i for i in range(100)) if partition_for(k, 4) == 2)
-    swept_key = next(k for k in (b"fr-%d" % i for i in range(100)) if partition_for(k, 4) == 1)
-    LocalStore(worker.lineage).write({kept_key: (2, silent), swept_key: (1, silent)})
+    moved_key = next(k for k in (b"fr-%d" % i for i in range(100)) if partition_for(k, 4) == 2)
+    held_key = next(k for k in (b"fr-%d" % i for i in range(100)) if partition_for(k, 4) == 1)
+    LocalStore(worker.lineage).write({moved_key: (2, silent), held_key: (1, silent)})
     worker.watermarks["flow runs"] = {1: 10 * DAY_US, 2: 10 * DAY_US}  # both advanced while held
-
-    assert _swept(worker, held={0, 1}) == [(swept_key, 1)]
-    assert worker.watermarks["flow runs"] == {1: 10 * DAY_US}
-    assert dict(worker.lineage.data.items()) == {kept_key: silent}
-
-
-def test_a_revoked_partition_forgets_its_watermark() -> None:
-    """Should the partition come back, it is swept only once messages came again (README)."""
-    worker = _worker()
+    worker.watermarks["deleted artifacts"] = {3: 10 * DAY_US}
     t = worker.topics
-    worker.watermarks.update({"flow runs": {1: 5, 2: 7}, "deleted artifacts": {1: 8, 2: 9}})
+    everything = {TP(topic, p) for topic in (t.raw_task_results, t.raw_artifacts) for p in range(4)}
+    asyncio.run(worker.app.on_partitions_revoked.send(everything))
+    assert worker.watermarks == {"flow runs": {}, "deleted artifacts": {}}
+    assert _swept(worker) == []
 
-    asyncio.run(worker.app.on_partitions_revoked.send({TP(t.raw_task_results, 2), TP(t.artifacts_by_id, 1)}))
+    worker.advance_watermarks("flow runs", {1: 10 * DAY_US}, 10 * DAY_US)  # a batch of held p1
 
-    assert worker.watermarks == {"flow runs": {1: 5}, "deleted artifacts": {2: 9}}
+    assert _swept(worker) == [(held_key, 1)]
+    assert dict(worker.lineage.data.items()) == {moved_key: silent}
 
 
 def test_a_sweep_waiting_for_a_batch_writes_nothing_if_partitions_began_moving_meanwhile() -> None:
@@ -183,7 +180,6 @@ def test_a_sweep_waiting_for_a_batch_writes_nothing_if_partitions_began_moving_m
     worker.watermarks["flow runs"] = {1: 10 * DAY_US}
     moving = False
     worker.ready = lambda: not moving  # type: ignore[method-assign]
-    worker._held_partitions = lambda topics: {1}  # type: ignore[method-assign]
 
     async def publish(outputs: Any) -> dict[tuple[str, int], int]:
         raise AssertionError(f"swept during a rebalance: {outputs}")
@@ -200,3 +196,38 @@ def test_a_sweep_waiting_for_a_batch_writes_nothing_if_partitions_began_moving_m
 
     asyncio.run(batch_then_rebalance())
     assert dict(worker.lineage.data.items()) == {key: silent}
+
+
+def test_a_revocation_is_known_to_wait_empty_while_faust_runs_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bound on the wait applies to revocations only: WorkerConsumer marks them around Faust's
+    own revocation, which is where Faust calls wait_empty."""
+    consumer = _worker().consumer
+    seen: list[bool] = []
+
+    async def faust_revocation(self: Any, revoked: set[TP]) -> None:
+        seen.append(self._revoking)
+
+    monkeypatch.setattr(faust.transport.consumer.Consumer, "on_partitions_revoked", faust_revocation)
+    asyncio.run(consumer.on_partitions_revoked(set()))
+    assert (seen, consumer._revoking) == ([True], False)
+
+
+def test_a_stopping_worker_is_not_ready_and_does_not_sweep() -> None:
+    """Its last commit is behind it: a tombstone written now would mark nothing as done, and
+    could reopen a store Faust has closed."""
+    worker = _worker()
+    recovered = asyncio.Event()
+    recovered.set()
+    worker.app.tables._recovery = type("Recovery", (), {"completed": recovered})()  # type: ignore[attr-defined]
+    assert worker.ready()
+
+    worker.app._stopped.set()  # type: ignore[attr-defined]
+
+    assert not worker.ready()
+    key = next(k for k in (b"fr-%d" % i for i in range(100)) if partition_for(k, 4) == 1)
+    LocalStore(worker.lineage).write({key: (1, Stamped({}, {"last_seen_us": 0, "passes_on": {}}).dump())})
+    worker.watermarks["flow runs"] = {1: 10 * DAY_US}
+    items = lambda: list(worker.lineage.data.items())  # noqa: E731
+    assert steps.expired_flow_runs(items, {1: 10 * DAY_US}, 4, 7 * DAY_US, 0) == [key]  # due
+    worker._publish = lambda outputs: pytest.fail("swept while stopping")  # type: ignore[assignment,method-assign]
+    asyncio.run(worker.sweep())

@@ -117,7 +117,6 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
     assert changelog == []
 
     worker.ready = lambda: True  # type: ignore[method-assign]
-    worker._held_partitions = lambda topics: {0, 1, 2, 3}  # type: ignore[method-assign]
     asyncio.run(worker.sweep())
 
     assert dict(worker.lineage.data.items()) == {b"recent": recent, lagging_key: silent}
@@ -338,3 +337,33 @@ def test_a_relative_data_dir_keeps_the_tables_under_it(
     path = Path(worker.collections.data.partition_path(1))  # type: ignore[attr-defined]
     assert path == tmp_path / "data" / "v1" / "tables-rel" / "artifact-collections-1.db"
     assert (tmp_path / "data" / "v1" / "tables-rel").is_dir()
+
+
+def test_a_store_directory_rocksdb_cannot_open_is_left_to_faust(tmp_path: Path) -> None:
+    """A kill during a store's first open leaves a directory without RocksDB's files: nothing was
+    applied there, and Faust creates the store."""
+    settings = _kept_store(tmp_path, "half", {1: 7})
+    table_dir = tmp_path / "v1" / "tables-half"
+    (table_dir / "artifact-collections-2.db").mkdir()
+    applied = kept_state.applied_offsets(table_dir, TopicNames(settings).changelogs(), 4)
+    topic = "half-artifact-collections-changelog"
+    assert applied == {TopicPartition(topic, 1): (table_dir / "artifact-collections-1.db", 7)}
+
+
+def test_stores_of_the_layout_before_app_id_directories_are_reported_not_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = config.load({"store": "rocksdb://", "data_dir": str(tmp_path), "app_id": "old"}, environ={})
+    runner.warn_of_earlier_tables(settings)
+    assert caplog.records == []  # nothing there
+
+    (tmp_path / "v1" / "tables" / "artifact-collections-0.db").mkdir(parents=True)
+    runner.warn_of_earlier_tables(settings)
+    runner.warn_of_earlier_tables(dataclasses.replace(settings, store="memory://"))  # reads no store
+
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}/v1/tables holds table stores named by table alone, from an earlier version: not "
+        f"used. The tables live in {tmp_path}/v1/tables-old now (one directory per app_id) and are "
+        "rebuilt from their changelogs; to keep the old stores instead, stop the worker and move "
+        "them there if they are this app_id's"
+    ]

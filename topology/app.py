@@ -203,11 +203,7 @@ class Worker:
             lambda topics, batch, load: steps.apply_lineage(topics, batch, load, retention_us),
             swept="flow runs",
         )
-        self._swept_topics = {
-            "flow runs": (t.raw_task_results, t.task_results_by_flow_run),
-            "deleted artifacts": (t.raw_artifacts, t.artifacts_by_id),
-        }
-        self.app.on_partitions_revoked.connect(self._forget_watermarks)  # type: ignore[arg-type]  # mode's stubs
+        self.app.on_partitions_revoked.connect(self._forget_watermarks)
         self.app.timer(interval=60.0, name="retention")(self.sweep)
         self.app.timer(interval=30.0, name="table-sizes")(self.measure_tables)
         self.app.timer(interval=1.0, name="stalled-partitions")(self.rewind_stalled)
@@ -342,11 +338,17 @@ class Worker:
         return consumer
 
     def ready(self) -> bool:
-        """Assigned partitions and recovered tables: safe to route traffic and roll on. Asked
+        """Assigned partitions and recovered tables, not stopping: safe to route traffic and roll
+        on, and for the sweep to write (it must not write after the stop's last commit). Asked
         from before the app starts (the health server listens first), when Faust has not made its
         recovery service yet: asking for it then would make it outside the app's start-up."""
         recovery = getattr(self.app.tables, "_recovery", None)
-        return bool(recovery is not None and recovery.completed.is_set() and not self.app.rebalancing)
+        return bool(
+            recovery is not None
+            and recovery.completed.is_set()
+            and not self.app.rebalancing
+            and not self.app.should_stop
+        )
 
     # --- I/O --------------------------------------------------------------------------------------
 
@@ -431,7 +433,8 @@ class Worker:
                 len({tp.topic for tp in assigned}),
             )
         else:
-            log.info("not ready: partitions are moving or tables recovering")
+            why = "stopping" if self.app.should_stop else "partitions are moving or tables recovering"
+            log.info("not ready: %s", why)
 
     async def measure_lag(self) -> None:
         """Lag of every partition held, from the log end to the next offset not yet processed:
@@ -465,7 +468,8 @@ class Worker:
         lateness), and tombstones of artifacts deleted longer than that ago, so neither table
         grows without bound; each partition's keys by that partition's watermark.
 
-        Only the partitions this worker holds, and not while tables recover or partitions move:
+        Only the partitions this worker holds, and not while tables recover, partitions move or
+        the worker stops:
         a partly recovered store could hold an expired value of a key whose newer one is still to
         come, and a tombstone for a partition another worker owns would land in its changelog
         after that worker's own records. A revocation waits for a sweep that has begun writing
@@ -478,14 +482,10 @@ class Worker:
             async with self._writing[table.name]:
                 if not self.ready():
                     return
-                watermarks = self.watermarks[name]
-                held = self._held_partitions(self._swept_topics[name])
-                for partition in set(watermarks) - held:
-                    del watermarks[partition]  # moved away: swept here no more
                 with self.consumer.writing():
                     keys = expired(
                         _items_of(table),
-                        watermarks,
+                        self.watermarks[name],
                         s.partitions,
                         s.lineage_retention_us,
                         s.allowed_lateness_us,
@@ -497,20 +497,13 @@ class Worker:
             if keys:
                 log.info("retention: forgot %d %s", len(keys), name)
 
-    def _held_partitions(self, topics: Sequence[str]) -> set[int]:
-        """The partitions of a step's input topics assigned to this worker (its table's actives)."""
-        return {tp.partition for tp in self.consumer.assignment() if tp.topic in topics}
-
-    async def _forget_watermarks(self, _app: Any, *args: Any, **_: Any) -> None:
-        """A partition moved away starts again from no watermark should it come back (Faust's
-        on_partitions_revoked signal: the app, then the revoked partitions)."""
-        revoked: set[faust.types.TP] = args[0]
-        for topics, watermarks in (
-            (self._swept_topics[name], self.watermarks[name]) for name in self.watermarks
-        ):
-            for tp in revoked:
-                if tp.topic in topics:
-                    watermarks.pop(tp.partition, None)
+    def _forget_watermarks(self, *_: Any, **__: Any) -> None:
+        """Faust's on_partitions_revoked signal. aiokafka revokes a worker's whole assignment at
+        every rebalance: each partition starts again from no watermark, so the sweep touches only
+        partitions whose batches ran since (ones this worker holds), later, never wrongly. A
+        memory:// store keeps a revoked partition's keys; they have no watermark here now."""
+        for watermarks in self.watermarks.values():
+            watermarks.clear()
 
 
 async def _finish_or_exit(name: str, batch: asyncio.Future[None]) -> None:

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.stores.rocksdb import Store
 from rocksdict import AccessType, Options, Rdict
 
 from topology.config import ConfigError
 
-OFFSET_KEY = b"__faust\0offset__"  # faust.stores.rocksdb.Store.offset_key
+OFFSET_KEY: bytes = Store.offset_key
 
 
 def earlier_layout(data_dir: str) -> Path | None:
@@ -39,7 +40,10 @@ def applied_offsets(
             path = table_dir / f"{table}-{partition}.db"  # faust.stores.rocksdb.Store.partition_path
             if not path.is_dir():
                 continue
-            db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+            try:
+                db = Rdict(str(path), Options(raw_mode=True), access_type=AccessType.read_only())
+            except Exception:  # rocksdict raises plain Exception
+                continue  # not a store yet (a kill during its first open): Faust creates it
             try:
                 raw = db.get(OFFSET_KEY)
             finally:

@@ -108,6 +108,7 @@ def check_data_dir(settings: Settings) -> None:
 
 
 def warn_of_earlier_tables(settings: Settings) -> None:
+    """Stores from before one table directory per app_id are not read: say so, once, at start."""
     if not settings.store.startswith("rocksdb://"):
         return
     earlier = kept_state.earlier_layout(settings.data_dir)
@@ -266,7 +267,6 @@ def run_worker(
         loop.run_until_complete(
             serve_health(metrics, settings, lambda: worker is not None and worker.ready())
         )
-    warn_of_earlier_tables(settings)
     broker = None
     try:
         if embedded_broker:
@@ -274,6 +274,7 @@ def run_worker(
             given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
             log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
             log_overrides(given, settings, log.info, broker_given=broker_given)
+        warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
         setup = asyncio.new_event_loop()  # its clients' leftovers go with it
         try:
             setup.run_until_complete(prepare(settings))
