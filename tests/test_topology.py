@@ -383,7 +383,10 @@ def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collect
         t, [InRecord(t.artifacts_by_key, 0, 9, handed_on.key, handed_on.value, tuple(handed_on.headers))],
         lambda key, _p: driver.tables["collections"].get(key),
     )
-    assert collections.outputs == [] and collections.writes == {}
+    assert collections.outputs == []
+    [(_, marked)] = collections.writes.values()  # only marked: a replay after a re-create is skipped
+    stored = driver.tables["collections"][b"report"]
+    assert steps.Stamped.load(marked).state == steps.Stamped.load(stored).state
     assert collections.unknown_deletes == [
         UnknownDelete(Source(t.raw_artifacts, 0, 2, v1.encode()), v1.encode(), deleted_already=True)
     ]
@@ -451,6 +454,28 @@ def test_a_delete_its_collection_refused_is_not_applied_when_replayed_after_a_la
     _re_read(driver, t.artifacts_by_key, 0, refused[0])
     assert driver.events(t.artifact_events) == before
     assert len(_dead_letters(driver)) == 1
+
+
+def test_a_retried_create_is_not_applied_when_replayed_after_its_artifacts_delete() -> None:
+    """The retry changed nothing at the collections step (a member already); re-read after the
+    delete, it must not bring the artifact back as a new collection (found by the crash property
+    test of tests/test_collection_pages.py)."""
+    from tests import spec_helpers as h
+
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    create = h.create(h.uid(1), "report", 1.0)
+    for m in (create, create, h.delete(h.uid(1), 2.0)):
+        driver.produce(t.raw_artifacts, h.encode(m), key=h.uid(1).encode())
+        driver.run()
+    before = driver.events(t.artifact_events)
+    retry = [r.offset for r in driver.logs[(t.artifacts_by_key, 0)] if b'"create"' in (r.value or b"")][1]
+    _re_read(driver, t.artifacts_by_key, 0, retry)
+    assert driver.events(t.artifact_events) == before
+    assert [json.loads(v)["event"] for v in before] == [
+        "prefect.artifact-collection.created", "prefect.artifact.created", "prefect.artifact.created",
+        "prefect.artifact-collection.deleted",
+    ]
 
 
 def test_a_record_that_only_remembers_messages_expires_with_the_retention() -> None:

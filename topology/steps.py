@@ -464,6 +464,9 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
         encode=CollectionState.to_json,
         apply=apply,
         route=_stay,
+        # A retried create of a member, or an update or delete of an artifact not (or no longer)
+        # a member, changes nothing; replayed after a delete or a create it would (streams.replay).
+        mark_unchanged=True,
     )
     # Pages and versions first, durable before the collection records that refer to them; those
     # left without a member deleted once the records are (streams.members, streams.replay).
