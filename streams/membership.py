@@ -48,6 +48,10 @@ class Membership:
         return cls(key, deleted_us)
 
 
+def _forgotten(current: Membership, occurred_us: int, retention_us: int) -> bool:
+    return current.deleted_us is not None and occurred_us - current.deleted_us > retention_us
+
+
 @dataclass(slots=True)
 class MembershipStep:
     membership: Membership | None
@@ -57,8 +61,14 @@ class MembershipStep:
     unknown_delete: bool = False
 
 
-def apply(current: Membership | None, op: ArtifactOp, content: bytes) -> MembershipStep:
-    """Apply one operation to what is known of its artifact id. Raises Invalid (nothing changes)."""
+def apply(current: Membership | None, op: ArtifactOp, content: bytes, retention_us: int) -> MembershipStep:
+    """Apply one operation to what is known of its artifact id. Raises Invalid (nothing changes).
+
+    A tombstone is forgotten by the message's own `occurred`, as a flow run's lineage is: once
+    more than the retention after the delete, the artifact id counts as never seen. So whether
+    the retention sweep has removed it yet changes no event (streams.retention)."""
+    if current is not None and _forgotten(current, op.occurred_us, retention_us):
+        current = None
     step = MembershipStep(current)
     if isinstance(op, ArtifactCreate):
         key = op.artifact.key

@@ -37,6 +37,10 @@ class Outcome:
 
 @dataclass(slots=True)
 class ArtifactPipeline:
+    """The artifact steps over one stream. Tombstones are forgotten per message (streams.membership),
+    so none is swept here: memory holds every artifact id seen, fine for a file."""
+
+    retention_us: int = DEFAULT_RETENTION_US
     memberships: dict[str, Membership] = field(default_factory=dict)
     collections: dict[str, Collection] = field(default_factory=dict)
     members: dict[str, MemberSet] = field(default_factory=dict)  # by collection key
@@ -45,7 +49,7 @@ class ArtifactPipeline:
     def process(self, raw: bytes) -> Outcome:
         try:
             op = parse_artifact_op(raw)
-            step = membership.apply(self.memberships.get(op.artifact_id), op, raw)
+            step = membership.apply(self.memberships.get(op.artifact_id), op, raw, self.retention_us)
             outcome = Outcome(list(step.events), unknown_delete=step.unknown_delete)
             if step.forward_to is not None:
                 collected = self.collect(step.forward_to, op, raw)

@@ -489,3 +489,35 @@ def test_a_record_that_only_remembers_messages_expires_with_the_retention() -> N
     assert expired_tombstones(lambda: memberships.items(), {0: 9 * DAY_US}, 1, 7 * DAY_US, 0) == [
         b"remembered-long-ago"
     ]
+
+
+@pytest.mark.parametrize("swept", [False, True], ids=["tombstone-kept", "tombstone-swept"])
+@pytest.mark.parametrize(("days_after_delete", "names"), [
+    (6.0, ["prefect.artifact.created"]),
+    (7.5, ["prefect.artifact-collection.created", "prefect.artifact.created"]),
+], ids=["within-retention", "past-retention"])
+def test_a_re_created_artifact_id_sees_its_tombstone_by_its_own_time_not_the_sweeps(
+    swept: bool, days_after_delete: float, names: list[str]
+) -> None:
+    """A tombstone counts for the retention after its delete, by the later message's `occurred`
+    (as lineage does): whether the sweep has removed it yet changes no event, so a replay gives
+    what the first pass gave (SPEC §6). The sweep removes it only later still (the allowed
+    lateness, streams.retention), so it never matters within the retention."""
+    from tests import spec_helpers as h
+
+    day = 86_400.0
+    v1 = h.uid(1)
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    for m in (h.create(v1, "report", 0.0), h.delete(v1, 1.0)):
+        driver.produce(t.raw_artifacts, h.encode(m), key=v1.encode())
+        driver.run()
+    if swept and days_after_delete > 7:
+        del driver.tables["memberships"][v1.encode()]
+    again = h.create(v1, "report", 1.0 + days_after_delete * day)
+    before = len(driver.events(t.artifact_events))
+    driver.produce(t.raw_artifacts, h.encode(again), key=v1.encode())
+    driver.run()
+    worker = [json.loads(v)["event"] for v in driver.events(t.artifact_events)[before:]]
+    offline = h.outcomes(ArtifactPipeline(), [h.create(v1, "report", 0.0), h.delete(v1, 1.0), again])[-1]
+    assert worker == [json.loads(e.value)["event"] for e in offline.events] == names

@@ -190,7 +190,7 @@ class Worker:
             "memberships",
             self._channel(t.raw_artifacts, t.artifacts_by_id),
             self.memberships,
-            steps.apply_memberships,
+            lambda topics, batch, load: steps.apply_memberships(topics, batch, load, retention_us),
             swept="deleted artifacts",
         )
         self._stateful(

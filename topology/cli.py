@@ -187,7 +187,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     )
     pipeline: ArtifactPipeline | AssetPipeline
     if args.stream == "artifacts":
-        pipeline = ArtifactPipeline()
+        pipeline = ArtifactPipeline(retention_us=settings.lineage_retention_us)
     else:
         pipeline = AssetPipeline(
             retention_us=settings.lineage_retention_us,

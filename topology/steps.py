@@ -346,12 +346,14 @@ def _rekey_unless_local(
 # --- step 1: artifact id → collection membership ----------------------------------------------
 
 
-def apply_memberships(topics: Topics, batch: Sequence[InRecord], load: Load) -> BatchResult:
+def apply_memberships(
+    topics: Topics, batch: Sequence[InRecord], load: Load, retention_us: int = retention.DEFAULT_RETENTION_US
+) -> BatchResult:
     """Reads the by-id topic and, when it is co-partitioned, the raw topic too: a record the
     producer already put in the partition that owns its artifact id is applied without a hop."""
 
     def apply(current: Membership | None, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
-        step = membership.apply(current, op, raw)
+        step = membership.apply(current, op, raw, retention_us)
         forward = None
         if step.forward_to is not None:
             target = step.forward_to.encode()
