@@ -51,12 +51,20 @@ class ArtifactPipeline:
             op = parse_artifact_op(raw)
             step = membership.apply(self.memberships.get(op.artifact_id), op, raw, self.retention_us)
             outcome = Outcome(list(step.events), unknown_delete=step.unknown_delete)
-            if step.forward_to is not None:
-                collected = self.collect(step.forward_to, op, raw)
-                outcome.events.extend(collected.events)
-                outcome.unknown_delete = collected.unknown_delete
         except Invalid as exc:
             return Outcome(dead_letter=exc.bare())
+        if step.forward_to is not None:
+            try:
+                collected = self.collect(step.forward_to, op, raw)
+            except Invalid as exc:
+                # The worker's memberships step has written its state before its collections step
+                # refuses the operation (no message goes back a hop): so does this, so that later
+                # operations on the artifact meet the same state in both (README, Behaviour).
+                if step.changed:
+                    _put(self.memberships, op.artifact_id, step.membership)
+                return Outcome(dead_letter=exc.bare())
+            outcome.events.extend(collected.events)
+            outcome.unknown_delete = collected.unknown_delete
         if step.changed:
             _put(self.memberships, op.artifact_id, step.membership)
         return outcome

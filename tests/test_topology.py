@@ -521,3 +521,50 @@ def test_a_re_created_artifact_id_sees_its_tombstone_by_its_own_time_not_the_swe
     worker = [json.loads(v)["event"] for v in driver.events(t.artifact_events)[before:]]
     offline = h.outcomes(ArtifactPipeline(), [h.create(v1, "report", 0.0), h.delete(v1, 1.0), again])[-1]
     assert worker == [json.loads(e.value)["event"] for e in offline.events] == names
+
+
+def _worker_and_offline(
+    messages: list[dict[str, object]], batch_size: int
+) -> tuple[list[bytes], list[bytes]]:
+    from tests import spec_helpers as h
+
+    driver = Driver(topics(partitions=1, raw_partitions=1), batch_size=batch_size)
+    for m in messages:
+        artifact_id = m.get("artifact_id") or m["artifact"]["id"]  # type: ignore[index]
+        driver.produce(driver.topics.raw_artifacts, h.encode(m), key=str(artifact_id).encode())
+    driver.run()
+    offline = [e.value for o in h.outcomes(ArtifactPipeline(), messages) for e in o.events]
+    return driver.events(driver.topics.artifact_events), offline
+
+
+@pytest.mark.parametrize("batch_size", [1, 500])
+@pytest.mark.parametrize("case", ["delete-then-create", "create-under-another-key"])
+def test_after_a_create_its_collection_refused_worker_and_offline_agree(case: str, batch_size: int) -> None:
+    """The memberships step has recorded the artifact when the collections step refuses its
+    create; the offline pipeline keeps that record too, so later operations on the id meet the
+    same state in both (found by a review: the offline pipeline used to drop it)."""
+    from tests import spec_helpers as h
+
+    x, big = h.uid(1), "x" * 1_500_000
+    later = (
+        [h.delete(x, 2.0), h.create(x, "k", 3.0)]
+        if case == "delete-then-create"
+        else [h.create(x, "k2", 2.0)]
+    )
+    worker, offline = _worker_and_offline([h.create(x, "k", 1.0, data=big), *later], batch_size)
+    assert worker == offline
+
+
+def test_an_update_after_its_tombstone_expired_keeps_its_place_behind_the_artifacts_events() -> None:
+    """Handed on to the collections step like any update of a keyed artifact, it cannot overtake
+    the create and delete that the same batch hands on (SPEC §4 order, per resource)."""
+    from tests import spec_helpers as h
+
+    x, day = h.uid(1), 86_400.0
+    messages = [h.create(x, "k", 0.0), h.delete(x, 1.0), h.update(x, {"data": "d"}, 2.0 + 8 * day)]
+    worker, offline = _worker_and_offline(messages, batch_size=500)
+    assert [json.loads(v)["event"] for v in worker] == [
+        "prefect.artifact-collection.created", "prefect.artifact.created",
+        "prefect.artifact-collection.deleted", "prefect.artifact.updated",
+    ]
+    assert worker == offline
