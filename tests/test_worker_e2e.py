@@ -390,6 +390,7 @@ def test_sigterm_with_the_broker_gone_exits_after_shutdown_timeout(tmp_path: Pat
                     "shutdown_timeout_s": 3,
                     "metrics_port": port,
                     "metrics_host": "127.0.0.1",
+                    "data_dir": str(tmp_path / "data"),  # not the repository's ./data
                 }
             )
         )
