@@ -67,15 +67,13 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes, retention_
     A tombstone is forgotten by the message's own `occurred`, as a flow run's lineage is: once
     more than the retention after the delete, the artifact id counts as never seen. So whether
     the retention sweep has removed it yet changes no event (streams.retention)."""
-    step = MembershipStep(current)
     if current is not None and _forgotten(current, op.occurred_us, retention_us):
         if isinstance(op, ArtifactUpdate) and current.key is not None:
             # Its event still comes from the collections step, behind any of the artifact's
             # own that the hop carries (SPEC §4 order); a non-member's is the same bytes there.
-            step.forward_to = current.key
-            return step
+            return MembershipStep(current, forward_to=current.key)
         current = None
-        step = MembershipStep(current)
+    step = MembershipStep(current)
     if isinstance(op, ArtifactCreate):
         key = op.artifact.key
         if current is not None and current.key is not None and not current.deleted:

@@ -53,20 +53,18 @@ class ArtifactPipeline:
             outcome = Outcome(list(step.events), unknown_delete=step.unknown_delete)
         except Invalid as exc:
             return Outcome(dead_letter=exc.bare())
+        # Kept whatever the collections step makes of the operation: the worker's memberships step
+        # has written it before its collections step could refuse (no message goes back a hop),
+        # so later operations on the artifact meet the same state in both (README, Behaviour).
+        if step.changed:
+            _put(self.memberships, op.artifact_id, step.membership)
         if step.forward_to is not None:
             try:
                 collected = self.collect(step.forward_to, op, raw)
             except Invalid as exc:
-                # The worker's memberships step has written its state before its collections step
-                # refuses the operation (no message goes back a hop): so does this, so that later
-                # operations on the artifact meet the same state in both (README, Behaviour).
-                if step.changed:
-                    _put(self.memberships, op.artifact_id, step.membership)
                 return Outcome(dead_letter=exc.bare())
             outcome.events.extend(collected.events)
             outcome.unknown_delete = collected.unknown_delete
-        if step.changed:
-            _put(self.memberships, op.artifact_id, step.membership)
         return outcome
 
     def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Outcome:
