@@ -16,6 +16,7 @@ from typing import Any
 import faust
 import pytest
 from aiokafka import TopicPartition
+from faust.types import TP
 
 from topology import config, kept_state, runner
 from topology.app import TopicNames, Worker
@@ -122,6 +123,59 @@ def test_the_retention_sweep_forgets_expired_keys_locally_and_in_the_changelog(t
     assert dict(worker.lineage.data.items()) == {b"recent": recent, lagging_key: silent}
     topic = worker.lineage.changelog_topic.get_topic_name()
     assert changelog == [(topic, b"silent", None, partition_for(b"silent", 4))]
+
+
+def _sweeping_worker(commit_takes: bool) -> tuple[Worker, list[str]]:
+    """A worker whose lineage step has applied offset 5 of a raw task-result partition, not yet
+    committed, and holds one flow run due for the sweep; what happens is recorded in order."""
+    settings = config.load(
+        {"store": "memory://", "lineage_retention_days": 7, "allowed_lateness_hours": 24}, environ={}
+    )
+    worker = Worker(settings)
+    day_us = 86_400_000_000
+    silent = Stamped({}, {"last_seen_us": 1 * day_us, "passes_on": {}}).dump()
+    LocalStore(worker.lineage).write({b"silent": (partition_for(b"silent", 4), silent)})
+    worker.watermarks["flow runs"] = {partition_for(b"silent", 4): 10 * day_us}
+    consumer = worker.consumer
+    applied = TP(worker.topics.raw_task_results, 1)
+    consumer.ledger.assign(applied)
+    consumer.ledger.position(applied, 5)
+    assert consumer.ledger.admit(applied, 5)
+    consumer.ledger.finish(applied, 5)
+    happened: list[str] = []
+
+    async def commit_offsets(offsets: dict[TP, int], start_new_transaction: bool = True) -> bool:
+        happened.append(f"commit {sorted(offsets.items())}")
+        if commit_takes:
+            consumer._committed_offset.update(offsets)
+        return commit_takes
+
+    async def publish(outputs: Any) -> dict[tuple[str, int], int]:
+        happened.extend(f"sweep {o.key!r}" for o in outputs)
+        return {}
+
+    consumer._commit_offsets = commit_offsets  # type: ignore[method-assign]
+    worker._publish = publish  # type: ignore[method-assign]
+    worker.ready = lambda: True  # type: ignore[method-assign]
+    return worker, happened
+
+
+def test_the_sweep_commits_what_its_table_has_applied_before_it_forgets_anything() -> None:
+    """A crash after the sweep then replays only messages that came after it and saw the swept
+    table the first time too: a replay of one applied before it could meet state it removed."""
+    worker, happened = _sweeping_worker(commit_takes=True)
+    asyncio.run(worker.sweep())
+    applied = TP(worker.topics.raw_task_results, 1)
+    assert happened == [f"commit {[(applied, 6)]}", "sweep b'silent'"]
+    assert dict(worker.lineage.data.items()) == {}
+
+
+def test_the_sweep_forgets_nothing_when_the_commit_before_it_does_not_take() -> None:
+    worker, happened = _sweeping_worker(commit_takes=False)
+    asyncio.run(worker.sweep())
+    applied = TP(worker.topics.raw_task_results, 1)
+    assert happened == [f"commit {[(applied, 6)]}"] * 2  # one for each swept table, none took
+    assert list(worker.lineage.data.keys()) == [b"silent"]
 
 
 def test_a_partitions_watermark_takes_each_batch_capped_at_the_wall_clock_and_the_lateness() -> None:

@@ -183,6 +183,7 @@ class Worker:
         self._writing = {
             table.name: asyncio.Lock() for table in (self.memberships, self.collections, self.lineage)
         }
+        self._swept_by: dict[str, Sequence[str]] = {}  # swept table → the topics its step reads
         retention_us = s.lineage_retention_us
         # The stateful steps read the raw topics themselves: records the producer keyed the
         # advised way are applied where they are, the others re-keyed onto the internal topic.
@@ -225,6 +226,8 @@ class Worker:
                 pass
 
         self.app.agent(topic, name=name)(agent)  # type: ignore[arg-type]
+        if swept is not None:
+            self._swept_by[swept] = topic.topics
 
         async def run() -> None:
             intake = self.consumer.intake(name, topic.topics, INTAKE_BATCHES * self.settings.batch_size)
@@ -473,7 +476,11 @@ class Worker:
         a partly recovered store could hold an expired value of a key whose newer one is still to
         come, and a tombstone for a partition another worker owns would land in its changelog
         after that worker's own records. A revocation waits for a sweep that has begun writing
-        (WorkerConsumer.writing), as for a batch in flight."""
+        (WorkerConsumer.writing), as for a batch in flight.
+
+        Everything the table's step has applied is committed first: a crash after the sweep then
+        replays only messages that came after it, and saw the swept table the first time too, so
+        a replay computes what the first pass did (README, "What a replay does")."""
         s = self.settings
         for name, table, expired in (
             ("flow runs", self.lineage, steps.expired_flow_runs),
@@ -481,6 +488,11 @@ class Worker:
         ):
             async with self._writing[table.name]:
                 if not self.ready():
+                    return
+                if not await self.consumer.commit_finished(self._swept_by[name]):
+                    log.info("retention: %s not swept this minute: the commit before it did not take", name)
+                    continue
+                if not self.ready():  # partitions began moving during the commit
                     return
                 with self.consumer.writing():
                     keys = expired(

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 import faust
@@ -206,6 +206,22 @@ class WorkerConsumer(Consumer):
         else:
             await self._in_flight_done()
         await super().wait_empty()
+
+    async def commit_finished(self, topics: Collection[str]) -> bool:
+        """Commit what the steps have finished; whether nothing finished on `topics` is left
+        uncommitted then (False: the commit failed, or partitions moved meanwhile).
+
+        A commit already under way took its offsets before the caller's point: wait for it, then
+        commit again."""
+        while await self.maybe_wait_for_commit_to_finish():
+            pass
+        await self.commit()
+        committed = self._committed_offset
+        return all(
+            self.ledger.committable(tp) == committed.get(tp)
+            for tp in self.ledger.positions()
+            if tp.topic in topics
+        )
 
     @property
     def revoke_wait_s(self) -> float:
