@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from topology import steps
-from topology.records import Out, partition_for
+from topology.records import Headers, Out, partition_for
 from topology.steps import BatchResult, InRecord, Topics
 
 RETENTION_US = 7 * 86_400_000_000
@@ -43,12 +43,17 @@ class Driver:
     changelog: list[tuple[str, int, bytes, bytes | None]] | None = None
 
     def produce(
-        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Headers = (),
     ) -> None:
         count = self.topics.raw_partitions if topic.startswith("raw.") else self.topics.partitions
         if partition is None:
             partition = partition_for(key, count) if key is not None else 0
-        self._append(Out(topic, key, value, [], partition))
+        self._append(Out(topic, key, value, list(headers), partition))
 
     def _append(self, out: Out) -> None:
         partition = out.partition
