@@ -23,13 +23,13 @@ from streams.envelope import Event
 from streams.errors import Invalid
 from streams.messages import ArtifactOp, parse_artifact_op
 from streams.pipeline import ArtifactPipeline, AssetPipeline, Outcome
-from topology.records import Headers, via_from_headers
+from topology.records import Headers, deleted_from_headers, via_from_headers
 
 
 class _Memberships(ArtifactPipeline):
     """The memberships step alone: what it hands on is applied in the worker's order instead."""
 
-    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Outcome:
+    def collect(self, key: str, op: ArtifactOp, raw: bytes, *, deleted: bool = False) -> Outcome:
         return Outcome()
 
 
@@ -78,7 +78,8 @@ def expected_events(inputs: Iterable[wl.Msg], handed_on: Iterable[HandedOn]) -> 
             continue
         seen.add(identity)
         try:
-            events.extend(collections.collect(r.key.decode(), parse_artifact_op(r.value), r.value).events)
+            op, deleted = parse_artifact_op(r.value), deleted_from_headers(r.headers)
+            events.extend(collections.collect(r.key.decode(), op, r.value, deleted=deleted).events)
         except Invalid:
             continue  # the worker dead-letters it
     return {event_id(e.value): e.value for e in events}

@@ -61,10 +61,18 @@ def apply(
     op: ArtifactOp,
     content: bytes,
     version_of: VersionOf,
+    *,
+    deleted: bool = False,
 ) -> CollectionStep:
     """Apply one operation that concerns collection `key`, updating `members` with it. Raises
-    Invalid before `members` changes (nothing changes then)."""
+    Invalid before `members` changes (nothing changes then).
+
+    `deleted`: the memberships step holds a tombstone for the artifact of a create (a producer
+    retry after its delete), which this step cannot tell from a first create once the delete has
+    removed the member: its own event again, no state (a retry must not bring it back)."""
     if isinstance(op, ArtifactCreate):
+        if deleted:
+            return CollectionStep(current, False, [artifacts.created_event(op, content)])
         return _create(current, members, key, op, content)
     if isinstance(op, ArtifactUpdate):
         return _update(current, members, op, content, version_of)

@@ -3,7 +3,7 @@
 Updates and deletes carry only the artifact id, so this step (state keyed by artifact id) decides
 whether an operation concerns a collection and, if so, hands it on to the collection step under
 the collection's key. Events that depend on no collection state are emitted here, but for a
-keyed artifact's, which the collection step emits behind its create's.
+keyed artifact's, which the collection step emits behind its create's (and delete's).
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class MembershipStep:
     events: list[Event] = field(default_factory=list)
     forward_to: str | None = None  # collection key the op must be applied to next
     unknown_delete: bool = False
+    # A keyed create handed on although its artifact is deleted (a producer retry): the
+    # collections step emits its event again and changes nothing (collection.apply's `deleted`).
+    deleted: bool = False
 
 
 def apply(current: Membership | None, op: ArtifactOp, content: bytes, retention_us: int) -> MembershipStep:
@@ -80,8 +83,12 @@ def apply(current: Membership | None, op: ArtifactOp, content: bytes, retention_
             # The same artifact created again (a producer retry): the collections step holds it
             # (its own event again, no state) or refused it (refused again, as the first time).
             step.forward_to = current.key
+        elif current is not None and current.key is not None:
+            # A retry of a deleted artifact: its own event again, no state. From the collections
+            # step, behind the create's and the delete's events, which the same hop carries.
+            step.forward_to, step.deleted = current.key, True
         elif current is not None:
-            # A retry of an unkeyed or deleted artifact: its own event again, no state.
+            # A retry of a deleted unkeyed artifact: its own event again, no state.
             step.events.append(artifacts.created_event(op, content))
         elif key is None:
             step.events.append(artifacts.created_event(op, content))

@@ -60,21 +60,24 @@ class ArtifactPipeline:
             _put(self.memberships, op.artifact_id, step.membership)
         if step.forward_to is not None:
             try:
-                collected = self.collect(step.forward_to, op, raw)
+                collected = self.collect(step.forward_to, op, raw, deleted=step.deleted)
             except Invalid as exc:
                 return Outcome(dead_letter=exc.bare())
             outcome.events.extend(collected.events)
             outcome.unknown_delete = collected.unknown_delete
         return outcome
 
-    def collect(self, key: str, op: ArtifactOp, raw: bytes) -> Outcome:
-        """The collections step alone, for an operation the memberships step handed on to `key`.
-        Raises Invalid (nothing changes then).
+    def collect(self, key: str, op: ArtifactOp, raw: bytes, *, deleted: bool = False) -> Outcome:
+        """The collections step alone, for an operation the memberships step handed on to `key`
+        (`deleted`: as a retried create of a deleted artifact, collection.apply). Raises Invalid
+        (nothing changes then).
 
         Separate so that operations can be applied in the order the worker's collections step
         read them, which across input partitions need not be the input's (bench/arrival_order.py)."""
         members = self.members.get(key) or MemberSet()
-        step = collection.apply(self.collections.get(key), members, key, op, raw, self.versions.__getitem__)
+        step = collection.apply(
+            self.collections.get(key), members, key, op, raw, self.versions.__getitem__, deleted=deleted
+        )
         if step.changed:
             _put(self.collections, key, step.collection)
             _put(self.members, key, members if step.collection else None)

@@ -4,6 +4,7 @@ order in which its collections step read the operations (no broker needed)."""
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
 
@@ -63,6 +64,19 @@ def test_a_record_handed_on_again_counts_once() -> None:
     """A replay carries the identity of the record that first carried it on: the worker skips it."""
     again = _handed_on(EARLIER, LATER, EARLIER, DELETE_EARLIER, offsets=(0, 1, 0, 2))
     assert arrival_order.expected_events(_inputs(), again) == _offline(EARLIER, LATER, DELETE_EARLIER)
+
+
+
+def test_a_retried_create_of_a_deleted_artifact_handed_on_marked_changes_no_collection() -> None:
+    """The memberships step hands it on marked as deleted: its `artifact.created` again, no
+    collection started anew."""
+    retry = encode(create(uid(1), "report", at=3.0))
+    inputs = [wl.Msg(wl.ARTIFACTS, b"", raw, "") for raw in (EARLIER, DELETE_EARLIER, retry)]
+    *first, last = _handed_on(EARLIER, DELETE_EARLIER, retry)
+    marked = replace(last, headers=[*last.headers, ("prefect-artifact-deleted", b"1")])
+    expected = arrival_order.expected_events([*inputs, wl.Msg(wl.TASK_RESULTS, b"", TASK_RUN, "")],
+                                             [*first, marked])
+    assert expected == _offline(EARLIER, DELETE_EARLIER, retry)
 
 
 EXPECTED = MappingProxyType({"a": b'{"id":"a","n":1}', "b": b'{"id":"b","n":1}'})

@@ -79,8 +79,17 @@ def _per_resource(values: list[bytes]) -> dict[str, list[bytes]]:
     return by_resource
 
 
+def _keyed_retries_after_delete() -> list[bytes]:
+    """A keyed artifact deleted, then its create again: as it was, and stamped anew."""
+    v1 = h.uid(0x53)
+    create = h.create(v1, "retried", 0.0)
+    return [h.encode(m) for m in (create, h.delete(v1, 0.1), create, h.create(v1, "retried", 0.2))]
+
+
 @pytest.mark.parametrize("batch_size", [1, 500])
-@pytest.mark.parametrize("case", [*h.golden_cases("artifacts"), "keyed-progress"])
+@pytest.mark.parametrize(
+    "case", [*h.golden_cases("artifacts"), "keyed-progress", "keyed-retry-after-delete"]
+)
 def test_an_artifacts_events_keep_the_order_of_its_operations_in_a_backlog(
     case: str, batch_size: int
 ) -> None:
@@ -90,6 +99,8 @@ def test_an_artifacts_events_keep_the_order_of_its_operations_in_a_backlog(
     a record key, so a consumer reads them in publishing order: compared per resource, exactly."""
     if case == "keyed-progress":
         lines = _artifact_keyed_ops()
+    elif case == "keyed-retry-after-delete":
+        lines = _keyed_retries_after_delete()
     else:
         lines = (GOLDEN / case / "input.jsonl").read_bytes().splitlines()
     driver = Driver(topics(partitions=4, raw_partitions=4), batch_size=batch_size)
@@ -568,3 +579,98 @@ def test_an_update_after_its_tombstone_expired_keeps_its_place_behind_the_artifa
         "prefect.artifact-collection.deleted", "prefect.artifact.updated",
     ]
     assert worker == offline
+
+
+@pytest.mark.parametrize("batch_size", [1, 500])
+@pytest.mark.parametrize("retry", ["byte-identical", "stamped-anew"])
+def test_a_retried_create_after_its_delete_keeps_its_place_behind_the_artifacts_events(
+    retry: str, batch_size: int
+) -> None:
+    """The create and the delete of a keyed artifact go out from the collections step, one hop
+    on; a retry of its create after the delete must too, or a backlog publishes its
+    `artifact.created` before theirs (SPEC §4 order). One partition: publishing order is kept."""
+    from tests import spec_helpers as h
+
+    x = h.uid(1)
+    create = h.create(x, "k", 0.0)
+    again = create if retry == "byte-identical" else h.create(x, "k", 2.0)
+    worker, offline = _worker_and_offline([create, h.delete(x, 1.0), again], batch_size)
+    assert [json.loads(v)["event"] for v in worker] == [
+        "prefect.artifact-collection.created", "prefect.artifact.created",
+        "prefect.artifact-collection.deleted", "prefect.artifact.created",
+    ]
+    assert worker == offline
+
+
+def test_a_retried_create_after_its_delete_is_replayed_exactly() -> None:
+    """Handed on marked as deleted, the retry changes nothing at the collections step and is
+    marked there: applied again before the batch's state was written it gives the same bytes,
+    after it nothing; a crash before either step committed changes no event (SPEC §6)."""
+    from tests import spec_helpers as h
+
+    x = h.uid(1)
+    create = h.create(x, "k", 0.0)
+    messages = [create, h.delete(x, 1.0), create]
+    driver = Driver(topics(partitions=1, raw_partitions=1), batch_size=500)
+    t = driver.topics
+    for m in messages:
+        driver.produce(t.raw_artifacts, h.encode(m), key=x.encode())
+    driver.run()
+    offline = [e.value for o in h.outcomes(ArtifactPipeline(), messages) for e in o.events]
+    handed_on = list(driver.logs[(t.artifacts_by_key, 0)])
+    assert [dict(r.headers).get("prefect-artifact-deleted") for r in handed_on] == [None, None, b"1"]
+
+    table: dict[bytes, bytes] = {}
+    first, second = (steps.apply_collections(t, handed_on, lambda k, _p: table.get(k)) for _ in "12")
+    assert [o.value for o in first.outputs] == offline  # the memberships step emitted nothing
+    assert (second.outputs, second.writes, second.writes_before, second.deletes_after) == (
+        first.outputs, first.writes, first.writes_before, first.deletes_after
+    )
+    table.update({k: v for writes in (first.writes_before, first.writes) for k, (_, v) in writes.items()})
+    third = steps.apply_collections(t, handed_on, lambda k, _p: table.get(k))
+    assert (third.outputs, third.writes, third.replays_skipped) == ([], {}, 3)
+
+    _re_read(driver, t.raw_artifacts, 0, 0)
+    _re_read(driver, t.artifacts_by_key, 0, 0)
+    assert driver.events(t.artifact_events) == offline
+
+
+@pytest.mark.parametrize("raw_key", ["artifact-id", "none"], ids=["applied-in-place", "re-keyed"])
+def test_a_deleted_marker_on_a_raw_record_is_ignored(raw_key: str) -> None:
+    """Only the worker's own hop to the collections step may say that an artifact was deleted:
+    a producer that puts the marker on a raw create cannot keep it out of its collection."""
+    from tests import spec_helpers as h
+
+    messages = [h.create(h.uid(1), "k", 0.0), h.create(h.uid(2), "k", 1.0)]
+    driver = Driver(topics(partitions=4, raw_partitions=4), batch_size=500)
+    t = driver.topics
+    for m in messages:
+        key = m["artifact"]["id"].encode() if raw_key == "artifact-id" else None  # type: ignore[index]
+        driver.produce(t.raw_artifacts, h.encode(m), key=key, headers=[("prefect-artifact-deleted", b"1")])
+    driver.run()
+    offline = [e.value for o in h.outcomes(ArtifactPipeline(), messages) for e in o.events]
+    assert sorted(driver.events(t.artifact_events)) == sorted(offline)
+    assert sum(b"artifact-collection" in v for v in offline) == 2
+    handed_on = [r for (topic, _), log in driver.logs.items() if topic == t.artifacts_by_key for r in log]
+    assert len(handed_on) == 2 and not any("prefect-artifact-deleted" in dict(r.headers) for r in handed_on)
+
+
+def test_the_collections_step_honours_the_deleted_marker_on_its_hop_only() -> None:
+    """The same fresh create with every header of the hop: read from the hop it is taken for a
+    retry of a deleted artifact (its event, no state); read from a raw topic, as a create."""
+    from tests import spec_helpers as h
+    from topology.records import via_headers
+
+    t = topics(partitions=1, raw_partitions=1)
+    value = h.encode(h.create(h.uid(1), "k", 0.0))
+    marker = ("prefect-artifact-deleted", b"1")
+    headers = (*Source(t.raw_artifacts, 0, 0).headers(), *via_headers("r0", 0), marker)
+    names = {}
+    for topic in (t.artifacts_by_key, t.raw_artifacts):
+        record = InRecord(topic, 0, 0, b"k", value, headers)
+        result = steps.apply_collections(t, [record], lambda _k, _p: None)
+        names[topic] = [json.loads(o.value or b"")["event"] for o in result.outputs]
+    assert names == {
+        t.artifacts_by_key: ["prefect.artifact.created"],
+        t.raw_artifacts: ["prefect.artifact-collection.created", "prefect.artifact.created"],
+    }

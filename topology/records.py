@@ -20,6 +20,7 @@ SOURCE_OFFSET = "prefect-source-offset"
 SOURCE_KEY = "prefect-source-key"
 VIA_LANE = "prefect-via-lane"
 VIA_OFFSET = "prefect-via-offset"
+ARTIFACT_DELETED = "prefect-artifact-deleted"
 REASON = "prefect-dead-letter-reason"
 REASON_CODE = "prefect-dead-letter-code"
 
@@ -133,6 +134,16 @@ def via_headers(lane: str, offset: int) -> list[tuple[str, bytes]]:
 def via_from_headers(headers: Headers) -> tuple[str, int]:
     h = dict(headers)
     return h[VIA_LANE].decode(), int(h[VIA_OFFSET])
+
+
+def deleted_headers(deleted: bool) -> list[tuple[str, bytes]]:
+    """Marks a create handed on although its artifact is deleted (MembershipStep.deleted)."""
+    return [(ARTIFACT_DELETED, b"1")] if deleted else []
+
+
+def deleted_from_headers(headers: Headers) -> bool:
+    """Trusted on the worker's own hop only: a producer can put any header on a raw record."""
+    return any(name == ARTIFACT_DELETED for name, _ in headers)
 
 
 def dead_letter(topic: str, key: bytes | None, value: bytes | None, source: Source, why: Invalid) -> Out:

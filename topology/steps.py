@@ -29,6 +29,8 @@ from topology.records import (
     Out,
     Source,
     dead_letter,
+    deleted_from_headers,
+    deleted_headers,
     internal_lane,
     partition_for,
     raw_lane,
@@ -364,7 +366,7 @@ def apply_memberships(
                 topics.artifacts_by_key,
                 target,
                 raw,
-                [*source.headers(), *via_headers(via_lane, record.offset)],
+                [*source.headers(), *via_headers(via_lane, record.offset), *deleted_headers(step.deleted)],
                 partition_for(target, topics.partitions),
                 record.timestamp_ms,
             )
@@ -434,8 +436,16 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
 
     def apply(state: CollectionState, key: bytes, record: InRecord, op: Any, raw: bytes) -> Applied:
         members, partition = state.members, record.partition
+        # Honoured on the hop only: on a raw record it would let a producer keep a create out.
+        deleted = record.topic == topics.artifacts_by_key and deleted_from_headers(record.headers)
         step = collection.apply(
-            state.collection, members, key.decode(), op, raw, version_of(key, partition, members.as_of)
+            state.collection,
+            members,
+            key.decode(),
+            op,
+            raw,
+            version_of(key, partition, members.as_of),
+            deleted=deleted,
         )
         if isinstance(op, ArtifactUpdate) and step.versions:
             members.stamp()  # adds and removes stamp themselves
