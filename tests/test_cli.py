@@ -490,6 +490,34 @@ def test_worker_metrics_port_in_use_is_one_line_before_broker_or_kafka(flags: li
     )
 
 
+def test_worker_health_answers_while_waiting_for_kafka() -> None:
+    """The port was bound on one loop while the broker wait ran on another: a probe's connection
+    was taken and never answered. /healthz answers during the wait, and SIGTERM still ends it."""
+    port = free_port()
+    args = ["worker", "--store", "memory://", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
+    args += ["--broker-wait-s", "120", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_for_http(f"{url}/healthz", process, timeout_s=15) == (200, "ok\n")
+        assert http_get(f"{url}/readyz") == (503, "not ready\n")
+        status, body = http_get(f"{url}/metrics")
+        assert status == 200 and "prefect_events_input_messages_total" in body
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == -signal.SIGTERM  # nothing to stop yet: the default action
+        assert time.monotonic() - sent < 5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:
     """With Kafka unreachable the forwarder waits up to broker_wait_s; SIGTERM ends that wait."""
     port = free_port()

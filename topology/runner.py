@@ -275,11 +275,9 @@ def run_worker(
             log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
             log_overrides(given, settings, log.info, broker_given=broker_given)
         warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
-        setup = asyncio.new_event_loop()  # its clients' leftovers go with it
-        try:
-            setup.run_until_complete(prepare(settings))
-        finally:
-            setup.close()
+        # On the loop the health server listens on: run on a loop of its own, the wait for Kafka
+        # left that server bound but unanswered, and a probe timed out on a live process.
+        loop.run_until_complete(prepare(settings))
         if on_ready is not None:
             on_ready(settings)
         worker = build(settings, metrics)
