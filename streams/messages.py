@@ -425,15 +425,17 @@ def _canonical_uuid(value: Json, where: str) -> str:
     """Canonical 8-4-4-4-12 hex form only (either case); returned lower-case, as Prefect renders."""
     if not isinstance(value, str):
         raise Invalid("wrong_type", f"{where} must be a UUID string, got {type_name(value)}")
-    canonical = _lower_uuid(value)
+    canonical = lower_uuid(value)
     if canonical is None:
         raise Invalid("invalid_uuid", f"{where} is not a canonical UUID: {value[:64]!r}")
     return canonical
 
 
 @lru_cache(maxsize=1 << 12)
-def _lower_uuid(value: str) -> str | None:
-    """Ids recur across messages (a flow run's, an updated artifact's): matched once while they do."""
+def lower_uuid(value: str) -> str | None:
+    """The id as the worker keys its state by it (None: not a UUID), for `produce` to key records
+    by too. Ids recur across messages (a flow run's, an updated artifact's): matched once while
+    they do."""
     return value.lower() if _UUID.match(value) else None
 
 

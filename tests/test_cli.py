@@ -1036,6 +1036,20 @@ def test_tail_stops_after_max_records_across_partitions(
     assert (count, out.getvalue().splitlines()) == (len(printed), printed)
 
 
+def test_produce_keys_a_uuid_as_the_worker_owns_it() -> None:
+    """The worker owns a record by its lower-cased id: an upper-case key hashed to another
+    partition and took the re-keying hop. Anything else is keyed as it is."""
+    from streams.messages import parse_artifact_op
+    from topology.tools import key_of
+
+    upper = "C8A7B372-8A4F-4B09-B468-1DE5DD715799"
+    line = json.dumps({"op": "delete", "occurred": "2026-11-26T06:38:38Z", "artifact_id": upper}).encode()
+    assert key_of(line, "artifact.id,artifact_id") == parse_artifact_op(line).artifact_id.encode()
+    assert key_of(line, "artifact_id") == upper.lower().encode()
+    assert key_of(b'{"artifact_id": "Not-A-UUID"}', "artifact_id") == b"Not-A-UUID"
+    assert key_of(b'{"artifact_id": 42}', "artifact_id") == b"42"
+
+
 def test_produce_sends_records_as_large_as_the_workers_and_names_each_line_too_large(
     bootstrap_servers: str, tmp_path: Path
 ) -> None:

@@ -11,14 +11,15 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 
-from streams import exact_json
+from streams import exact_json, messages
 from topology.admin import RECORD_LIMIT_BYTES, wait_for_broker
 from topology.config import Settings
 
 
 def key_of(line: bytes, key_field: str | None) -> bytes | None:
     """The record key: the value at the first of the comma-separated dotted paths present in the
-    JSON line (e.g. `artifact.id,artifact_id`), if asked for."""
+    JSON line (e.g. `artifact.id,artifact_id`), if asked for. A UUID is keyed lower-case, as the
+    worker owns it: an upper-case one would hash to another partition and take the re-keying hop."""
     if key_field is None:
         return None
     try:
@@ -33,7 +34,8 @@ def key_of(line: bytes, key_field: str | None) -> bytes | None:
         except (KeyError, TypeError, IndexError):
             continue
         if value is not None:
-            return str(value).encode()
+            text = str(value)
+            return (messages.lower_uuid(text) or text).encode()
     return None
 
 
