@@ -1026,7 +1026,11 @@ def test_tail_stops_after_max_records_across_partitions(
     def records(partition: int, *values: str) -> list[FakeRecord]:
         return [FakeRecord("t", partition, n, v.encode()) for n, v in enumerate(values)]
 
+    async def topic_exists(*args: object) -> bool:
+        return True
+
     monkeypatch.setattr(tools, "wait_for_broker", broker_answers)
+    monkeypatch.setattr(tools, "topic_exists", topic_exists)
     monkeypatch.setattr(tools, "AIOKafkaConsumer", FakeConsumer)
     fetches = [{"t-0": records(0, "a0", "a1"), "t-1": records(1, "b0")}, {"t-2": records(2, "c0")}]
     monkeypatch.setattr(FakeConsumer, "fetches", fetches)
@@ -1034,6 +1038,28 @@ def test_tail_stops_after_max_records_across_partitions(
     out = io.StringIO()
     count = asyncio.run(tools.tail(settings, "t", out, True, max_records, 0.3, False))
     assert (count, out.getvalue().splitlines()) == (len(printed), printed)
+
+
+def test_tail_of_a_topic_the_broker_does_not_know_is_one_line_and_creates_none(
+    bootstrap_servers: str, tmp_path: Path
+) -> None:
+    """It exited 0 having printed nothing, and its subscription could have the broker create the
+    topic: a misspelt name looked like a quiet topic."""
+    from topology.admin import TopicSpec, ensure_topics, topic_exists
+
+    topic = f"cli-missing-{tmp_path.name}"
+    broker = ["--topic", topic, "--bootstrap-servers", bootstrap_servers]
+    result = cli("tail", *broker, "--timeout", "1")
+    assert (result.returncode, result.stderr.decode()) == (
+        2,
+        f"prefect-events: error: --topic: no topic {topic!r} at {bootstrap_servers}\n",
+    )
+    assert not asyncio.run(topic_exists(bootstrap_servers, topic))
+    asyncio.run(ensure_topics(bootstrap_servers, [TopicSpec(topic, 1)]))  # once it exists: tailed
+    produced = cli("produce", *broker, "-", stdin=b"{}\n")
+    assert produced.returncode == 0, produced.stderr
+    result = cli("tail", *broker, "--from-beginning", "--max", "1")
+    assert (result.returncode, result.stdout) == (0, b"{}\n")
 
 
 def test_produce_keys_a_uuid_as_the_worker_owns_it() -> None:

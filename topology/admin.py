@@ -27,6 +27,7 @@ __all__ = [
     "TopicMismatchError",
     "TopicSpec",
     "ensure_topics",
+    "topic_exists",
     "wait_for_broker",
 ]
 
@@ -204,6 +205,19 @@ async def _check(bootstrap_servers: str, by_name: dict[str, TopicSpec]) -> None:
             await asyncio.sleep(_RETRY_S)
     finally:
         await client.close()
+
+
+async def topic_exists(bootstrap_servers: str, topic: str) -> bool:
+    """Whether the broker knows `topic`, asked without auto-creation (as `_check` asks): a client
+    subscribing to a missing topic has the broker create it with its default partitions."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
+    try:
+        await client.bootstrap()
+        request = MetadataRequest([topic], allow_auto_topic_creation=False)
+        response = await client.send(client.get_random_node(), request)
+    finally:
+        await client.close()
+    return all(entry["error_code"] != _UNKNOWN_TOPIC for entry in response.to_object()["topics"])
 
 
 def one_line(exc: BaseException) -> str:

@@ -12,8 +12,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError
 
 from streams import exact_json, messages
-from topology.admin import RECORD_LIMIT_BYTES, wait_for_broker
-from topology.config import Settings
+from topology.admin import RECORD_LIMIT_BYTES, topic_exists, wait_for_broker
+from topology.config import ConfigError, Settings
 
 
 def key_of(line: bytes, key_field: str | None) -> bytes | None:
@@ -125,8 +125,12 @@ async def tail(
     idle_timeout_s: float | None,
     meta: bool,
 ) -> int:
-    """Print values (event JSON) one per line; with `meta`, wrap each with key/headers/offset."""
+    """Print values (event JSON) one per line; with `meta`, wrap each with key/headers/offset.
+    A topic the broker does not know is a ConfigError: subscribing would wait on it silently, or
+    have the broker create it."""
     await wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s)
+    if not await topic_exists(settings.bootstrap_servers, topic):
+        raise ConfigError(f"--topic: no topic {topic!r} at {settings.bootstrap_servers}")
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=settings.bootstrap_servers,
