@@ -51,7 +51,7 @@ class CollectionStep:
     changed: bool = False
     events: list[Event] = field(default_factory=list)
     versions: dict[str, Version | None] = field(default_factory=dict)  # written; None = forgotten
-    unknown_delete: bool = False  # a delete of an artifact that is not a member (deleted already)
+    unknown_delete: bool = False  # of an artifact not a member: deleted already, or its create refused
 
 
 def apply(

@@ -1,4 +1,4 @@
-"""Log output: what a broker outage leaves in the log."""
+"""Log output: what a broker outage leaves in the log, and what the worker says of its input."""
 
 from __future__ import annotations
 
@@ -98,3 +98,51 @@ def test_faust_thread_dying_while_the_worker_stops_is_one_warning_line(
         )
     ]
     assert caplog.records[0].exc_info is None
+
+
+def test_an_unknown_delete_in_the_collections_step_is_not_called_deleted_already(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A delete of an artifact whose create the collections step refused (a dead letter: it was
+    never a member) was logged as "deleted already", as a second delete is: the step knows only
+    that the artifact is not a member, and says that of both."""
+    import time
+
+    from tests import spec_helpers as h
+    from tests.topology_driver import Driver, topics
+    from topology import config, steps
+    from topology.app import Worker
+    from topology.steps import InRecord
+
+    driver = Driver(topics(partitions=1, raw_partitions=1))
+    t = driver.topics
+    refused, deleted = h.uid(1), h.uid(2)
+    for m in (
+        h.create(refused, "report", 0.0, data="x" * 1_500_000),  # its collection event is too large
+        h.create(deleted, "report", 1.0),
+        h.delete(deleted, 2.0),
+    ):
+        driver.produce(t.raw_artifacts, h.encode(m))
+        driver.run()
+    [dead] = driver.logs[(t.dead_letters, 0)]
+    assert dict(dead.headers)["prefect-dead-letter-code"] == b"event_too_large"
+    deletes = [h.encode(h.delete(refused, 3.0)), h.encode(h.delete(deleted, 4.0))]
+    memberships = steps.apply_memberships(
+        t,
+        [InRecord(t.raw_artifacts, 0, 10 + i, None, d) for i, d in enumerate(deletes)],
+        lambda key, _p: driver.tables["memberships"].get(key),
+    )
+    on = [o for o in memberships.outputs if o.topic == t.artifacts_by_key]  # both handed on
+    collections = steps.apply_collections(
+        t,
+        [InRecord(t.artifacts_by_key, 0, 20 + i, o.key, o.value, tuple(o.headers)) for i, o in enumerate(on)],
+        lambda key, _p: driver.tables["collections"].get(key),
+    )
+    worker = Worker(config.load({"store": "memory://"}, environ={}))
+    with caplog.at_level(logging.INFO, logger="prefect_events"):
+        worker._report(collections, time.perf_counter(), [])
+    assert [r.getMessage() for r in caplog.records] == [
+        "2 deletes of artifacts without a live membership, nothing emitted: "
+        f"{refused} deleted already or never a member of its collection ({t.raw_artifacts}[0]@10), "
+        f"{deleted} deleted already or never a member of its collection ({t.raw_artifacts}[0]@11)"
+    ]

@@ -299,8 +299,8 @@ def test_a_delete_without_membership_is_reported_with_its_source_and_id() -> Non
     ]
     result = steps.apply_memberships(t, batch, lambda key, partition: None)
     assert result.unknown_deletes == [
-        UnknownDelete(Source(t.raw_artifacts, 0, 1), unknown.encode(), deleted_already=False),
-        UnknownDelete(Source(t.raw_artifacts, 0, 3), known.encode(), deleted_already=True),
+        UnknownDelete(Source(t.raw_artifacts, 0, 1), unknown.encode(), steps.NEVER_SEEN),
+        UnknownDelete(Source(t.raw_artifacts, 0, 3), known.encode(), steps.DELETED_ALREADY),
     ]
     assert [out.topic for out in result.outputs] == [t.artifact_events]  # its created event only
 
@@ -399,7 +399,7 @@ def test_a_second_delete_of_a_keyed_artifact_is_an_unknown_delete_of_its_collect
     stored = driver.tables["collections"][b"report"]
     assert steps.Stamped.load(marked).state == steps.Stamped.load(stored).state
     assert collections.unknown_deletes == [
-        UnknownDelete(Source(t.raw_artifacts, 0, 2, v1.encode()), v1.encode(), deleted_already=True)
+        UnknownDelete(Source(t.raw_artifacts, 0, 2, v1.encode()), v1.encode(), steps.NOT_A_MEMBER)
     ]
     assert len(before) == 3  # collection created, artifact created, collection deleted
 

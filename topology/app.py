@@ -389,8 +389,7 @@ class Worker:
         if result.unknown_deletes:
             m.unknown_delete(len(result.unknown_deletes))
             shown = ", ".join(
-                f"{d.artifact_id.decode(errors='replace')} "
-                f"{'deleted already' if d.deleted_already else 'never seen'} "
+                f"{d.artifact_id.decode(errors='replace')} {d.why} "
                 f"({d.source.topic}[{d.source.partition}]@{d.source.offset})"
                 for d in result.unknown_deletes[:UNKNOWN_DELETES_SHOWN]
             )

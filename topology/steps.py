@@ -82,16 +82,23 @@ class Stamped:
         return cls(value["seen"], value["state"], value.get("at"))
 
 
+#: Why a delete emitted nothing, as the step knows it (logged after the id). The memberships step
+#: tells a tombstone from no record: an id never seen whose create is known to be in the input
+#: means it lacked state it should have had. The collections step knows only that the artifact is
+#: not a member: a second delete, or one whose create it refused (a dead letter) alike.
+NEVER_SEEN = "never seen"
+DELETED_ALREADY = "deleted already"
+NOT_A_MEMBER = "deleted already or never a member of its collection"
+
+
 @dataclass(frozen=True, slots=True)
 class UnknownDelete:
     """A delete of an artifact id without a live membership, or (collections step) of one its
-    collection does not hold: nothing is emitted. The worker logs each one; `deleted_already` is a
-    replay or a second delete, while an id never seen whose create is known to be in the input
-    means the memberships step lacked state it should have had."""
+    collection does not hold: nothing is emitted. The worker logs each one with `why`."""
 
     source: Source
     artifact_id: bytes
-    deleted_already: bool
+    why: str
 
 
 @dataclass(slots=True)
@@ -208,7 +215,7 @@ class Applied:
     changed: bool
     events: Sequence[Event]
     forward: Out | None = None
-    unknown_delete: bool = False
+    unknown_delete: str | None = None  # a delete that emitted nothing: why (UnknownDelete)
 
 
 @dataclass(slots=True)
@@ -287,9 +294,10 @@ def _apply_keyed(
                 _mark_unchanged(entry, lane, lane_offset, parsed.occurred_us)  # not be applied later
             continue
         result.emit(events_topic, applied.events)
-        if applied.unknown_delete:
-            tombstone = entry is not None and entry.state is not None
-            result.unknown_deletes.append(UnknownDelete(source, parsed.artifact_id.encode(), tombstone))
+        if applied.unknown_delete is not None:
+            result.unknown_deletes.append(
+                UnknownDelete(source, parsed.artifact_id.encode(), applied.unknown_delete)
+            )
         if applied.forward is not None:
             result.outputs.append(applied.forward)
         # A message that changed state or handed an operation on is marked done: a re-read copy
@@ -370,7 +378,10 @@ def apply_memberships(
                 partition_for(target, topics.partitions),
                 record.timestamp_ms,
             )
-        return Applied(step.membership, step.changed, step.events, forward, step.unknown_delete)
+        unknown = None
+        if step.unknown_delete:
+            unknown = NEVER_SEEN if current is None else DELETED_ALREADY
+        return Applied(step.membership, step.changed, step.events, forward, unknown)
 
     return _apply_keyed(
         topics,
@@ -462,7 +473,8 @@ def apply_collections(topics: Topics, batch: Sequence[InRecord], load: Load) -> 
             page = None if version is None else members.page_of(artifact_id)
             versions[artifact_id] = _VersionWrite(partition, version, page, since, before)
         state.collection = step.collection
-        return Applied(state, step.changed, step.events, unknown_delete=step.unknown_delete)
+        unknown = NOT_A_MEMBER if step.unknown_delete else None
+        return Applied(state, step.changed, step.events, unknown_delete=unknown)
 
     result = _apply_keyed(
         topics,
