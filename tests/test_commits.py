@@ -8,6 +8,9 @@ fetch, fetches delivered after a seek, transaction markers, a group without comm
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -143,6 +146,36 @@ def test_copies_of_records_already_taken_are_refused_without_a_rewind() -> None:
     assert take(ledger, [5, 6, 7, 8]) == [8]
     assert ledger.rewinds() == {}
     assert ledger.committable(TP) == 9
+
+
+def test_a_fetch_that_goes_back_without_a_seek_is_one_warning_per_truncation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unclean leader election truncates the log and the consumer resets itself, unseen by the
+    ledger: its records below the position are still refused as copies (those written since the
+    truncation are lost to the steps), and an operator is told once per occurrence."""
+    ledger = ledger_at(0)
+    fetch(ledger, list(range(10)))
+    assert take(ledger, list(range(10))) == list(range(10))
+    with caplog.at_level(logging.WARNING, logger="prefect_events"):
+        fetch(ledger, [6, 7])  # the log was cut at 6 and written again
+        fetch(ledger, [8, 9, 10])
+        assert take(ledger, [6, 7, 8, 9, 10]) == [10]  # skipped as before
+        ledger.seeking(TP)
+        ledger.seek(TP, 8)  # a seek back re-reads copies: no truncation
+        fetch(ledger, [8, 9, 10, 11])
+        fetch(ledger, [3, 4])  # a second truncation
+    assert take(ledger, [8, 9, 10, 11, 3, 4]) == [11]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        (
+            "WARNING",
+            f"raw[0]: a fetch brought offsets {first}-{last} where the next was {was}, with no seek: "
+            "the broker truncated the log (an unclean leader election?). Its records below the "
+            f"position {position} are skipped as copies of processed ones; any written since the "
+            "truncation were not processed",
+        )
+        for first, last, was, position in ((6, 7, 10, 10), (3, 4, 12, 11))
+    ]
 
 
 # --- gaps: offsets that hold no record ---------------------------------------------------------------

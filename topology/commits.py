@@ -29,16 +29,23 @@ into the steps, whatever Faust does to them on the way:
   can hand out a partition's tail with a record missing that it shows a moment later (Tansu
   does, with concurrent writers: README, "The embedded broker"). The records after a gap seen
   once are refused like any record ahead of its turn, and the rewind re-reads the gap.
+* **Truncation.** A fetch that goes back without a seek means the broker truncated the log (an
+  unclean leader election) and the consumer reset itself. Its records below `expected` are still
+  refused as copies, though those written since the truncation were never processed: one WARNING
+  per occurrence says so (README, "When the broker goes away").
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-TP = TypeVar("TP")  # a topic partition; any hashable key
+TP = TypeVar("TP", bound=tuple[str, int])  # a topic partition: (topic, partition)
+
+log = logging.getLogger("prefect_events")
 
 REWIND_RETRY_S = 1.0  # a rewind whose records were lost again is repeated after this
 
@@ -50,6 +57,7 @@ class _Partition:
     epoch: int = 0  # bumped by every seek
     last: int | None = None  # last offset fetched by a fetch of the current epoch
     seeked_to: int | None = None  # where the last seek went
+    fetch_next: int | None = None  # after the current epoch's last fetch: where the next begins
     gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
     suspects: dict[int, tuple[int, int]] = field(default_factory=dict)  # gap seen once: start → (end, epoch)
     finished: set[int] = field(default_factory=set)
@@ -98,7 +106,7 @@ class CommitLedger(Generic[TP]):
     def _seeked(self, p: _Partition, offset: int | None) -> None:
         p.epoch += 1
         p.moved_at = self.clock()
-        p.last, p.seeked_to = None, offset
+        p.last, p.seeked_to, p.fetch_next = None, offset, offset
         if p.expected is not None:
             p.gaps = {o for o in p.gaps if o >= p.expected}
 
@@ -119,8 +127,25 @@ class CommitLedger(Generic[TP]):
         if fetched_in.get(tp, 0) != p.epoch:
             # Begun before the last seek finished: it may hold records from either side of it,
             # so the next fetch's first record proves no gap either.
-            p.last = p.seeked_to = None
+            p.last = p.seeked_to = p.fetch_next = None
             return
+        if (
+            p.fetch_next is not None
+            and p.expected is not None
+            and offsets[0] < min(p.fetch_next, p.expected)
+        ):
+            log.warning(
+                "%s[%d]: a fetch brought offsets %d-%d where the next was %d, with no seek: the "
+                "broker truncated the log (an unclean leader election?). Its records below the "
+                "position %d are skipped as copies of processed ones; any written since the "
+                "truncation were not processed",
+                *tp,
+                offsets[0],
+                offsets[-1],
+                p.fetch_next,
+                p.expected,
+            )
+        p.fetch_next = offsets[-1] + 1
         for offset in offsets:
             first = p.last + 1 if p.last is not None else p.seeked_to
             if first is not None and offset > first:
