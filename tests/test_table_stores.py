@@ -144,17 +144,22 @@ def _sweeping_worker(commit_takes: bool) -> tuple[Worker, list[str]]:
     consumer.ledger.finish(applied, 5)
     happened: list[str] = []
 
-    async def commit_offsets(offsets: dict[TP, int], start_new_transaction: bool = True) -> bool:
+    async def broker_commit(offsets: dict[TP, int]) -> bool:
+        """The consumer thread's commit: False as after aiokafka's CommitFailedError "already
+        rebalanced", which Faust's own bookkeeping records as committed all the same."""
         happened.append(f"commit {sorted(offsets.items())}")
-        if commit_takes:
-            consumer._committed_offset.update(offsets)
         return commit_takes
+
+    async def flushed() -> None:
+        pass
 
     async def publish(outputs: Any) -> dict[tuple[str, int], int]:
         happened.extend(f"sweep {o.key!r}" for o in outputs)
         return {}
 
-    consumer._commit_offsets = commit_offsets  # type: ignore[method-assign]
+    consumer._thread.commit = broker_commit  # type: ignore[method-assign]
+    consumer.assignment = lambda: {applied}  # type: ignore[method-assign]
+    worker.app.producer.flush = flushed  # type: ignore[method-assign]
     worker._publish = publish  # type: ignore[method-assign]
     worker.ready = lambda: True  # type: ignore[method-assign]
     return worker, happened
@@ -174,7 +179,9 @@ def test_the_sweep_forgets_nothing_when_the_commit_before_it_does_not_take() -> 
     worker, happened = _sweeping_worker(commit_takes=False)
     asyncio.run(worker.sweep())
     applied = TP(worker.topics.raw_task_results, 1)
-    assert happened == [f"commit {[(applied, 6)]}"] * 2  # one for each swept table, none took
+    # The lineage sweep's, then the tombstones' (nothing of their step is uncommitted, and the
+    # commit that failed is tried again: Faust's own bookkeeping took it as done).
+    assert happened == [f"commit {[(applied, 6)]}"] * 2
     assert list(worker.lineage.data.keys()) == [b"silent"]
 
 

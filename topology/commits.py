@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -57,6 +57,7 @@ class _Partition:
     epoch: int = 0  # bumped by every seek
     last: int | None = None  # last offset fetched by a fetch of the current epoch
     seeked_to: int | None = None  # where the last seek went
+    confirmed: int | None = None  # the commit the broker took last (or where the partition began)
     fetch_next: int | None = None  # after the current epoch's last fetch: where the next begins
     gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
     suspects: dict[int, tuple[int, int]] = field(default_factory=dict)  # gap seen once: start → (end, epoch)
@@ -83,7 +84,7 @@ class CommitLedger(Generic[TP]):
         """The partition's committed offset, after `seeking`; `sought`: the consumer was moved
         there (aiokafka's seek_to_committed leaves a partition without a commit where it is)."""
         p = self.partitions.setdefault(tp, _Partition())
-        p.base = committed
+        p.base = p.confirmed = committed
         if committed is not None:
             p.finished = {o for o in p.finished if o >= committed}
             if p.expected is None or p.expected < committed:
@@ -257,6 +258,25 @@ class CommitLedger(Generic[TP]):
             p.finished.discard(p.base)
             p.base += 1
         return p.base
+
+    def committed(self, offsets: Mapping[TP, int]) -> None:
+        """The broker took these commits (Faust believes every commit it tried took)."""
+        for tp, offset in offsets.items():
+            p = self.partitions.get(tp)
+            if p is not None:
+                p.confirmed = offset
+
+    def confirmed(self, tp: TP) -> int | None:
+        p = self.partitions.get(tp)
+        return None if p is None else p.confirmed
+
+    def uncommitted(self, topics: Collection[str]) -> list[TP]:
+        """Partitions of `topics` with finished records that no commit the broker took covers."""
+        return [
+            tp
+            for tp in self.positions()
+            if tp[0] in topics and self.committable(tp) != self.partitions[tp].confirmed
+        ]
 
     def positions(self) -> list[TP]:
         """Partitions whose commit position is known."""

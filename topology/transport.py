@@ -216,12 +216,16 @@ class WorkerConsumer(Consumer):
         while await self.maybe_wait_for_commit_to_finish():
             pass
         await self.commit()
-        committed = self._committed_offset
-        return all(
-            self.ledger.committable(tp) == committed.get(tp)
-            for tp in self.ledger.positions()
-            if tp.topic in topics
-        )
+        return not self.ledger.uncommitted(topics)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Faust records an offset as committed whether or not the broker took it (its
+        `_committed_offset`, after a CommitFailedError "already rebalanced" too): the ledger
+        hears only of commits that took."""
+        took = bool(await super()._commit(offsets))
+        if took:
+            self.ledger.committed(offsets)
+        return took
 
     @property
     def revoke_wait_s(self) -> float:
@@ -426,6 +430,12 @@ class WorkerConsumer(Consumer):
 
     def _new_offset(self, tp: TP) -> int | None:
         return self.ledger.committable(tp)
+
+    def _should_commit(self, tp: TP, offset: int) -> bool:
+        # Against the commit the broker took, not the one Faust last tried: one that failed is
+        # tried again at the next commit, not only once more input is finished.
+        confirmed = self.ledger.confirmed(tp)
+        return confirmed is None or offset > confirmed
 
 
 class FetchWaitTransport(Transport):
