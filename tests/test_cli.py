@@ -492,7 +492,8 @@ def test_worker_metrics_port_in_use_is_one_line_before_broker_or_kafka(flags: li
 
 def test_worker_health_answers_while_waiting_for_kafka() -> None:
     """The port was bound on one loop while the broker wait ran on another: a probe's connection
-    was taken and never answered. /healthz answers during the wait, and SIGTERM still ends it."""
+    was taken and never answered. /healthz answers during the wait, and SIGTERM ends it at once,
+    with a line saying so (it used to take the signal's default action)."""
     port = free_port()
     args = ["worker", "--store", "memory://", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
     args += ["--broker-wait-s", "120", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
@@ -510,12 +511,60 @@ def test_worker_health_answers_while_waiting_for_kafka() -> None:
         assert status == 200 and "prefect_events_input_messages_total" in body
         sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == -signal.SIGTERM  # nothing to stop yet: the default action
+        assert process.wait(timeout=30) == 0
         assert time.monotonic() - sent < 5
+        assert process.stderr is not None
+        assert "stopped on SIGTERM while starting: nothing was processed" in process.stderr.read().decode()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def _tansu_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    found = []
+    for child in map(int, children):
+        try:
+            if b"tansu" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(child)
+        except OSError:
+            continue  # gone meanwhile
+    return found
+
+
+def test_a_worker_stopped_while_its_embedded_broker_starts_stops_the_broker_too(tmp_path: Path) -> None:
+    """The broker runs in a process group of its own, so the signal's default action, which a
+    SIGTERM during start-up used to take, left it running after the worker had gone."""
+    port = free_port()
+    args = ["worker", "--embedded-broker", "--data-dir", str(tmp_path)]
+    args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "topology.cli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    brokers: list[int] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not (brokers := _tansu_children(process.pid)):
+            assert process.poll() is None and time.monotonic() < deadline, "no embedded broker started"
+            time.sleep(0.01)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        assert process.stderr is not None
+        stderr = process.stderr.read().decode()
+        assert "stopped on SIGTERM while starting: nothing was processed" in stderr
+        for broker in brokers:
+            assert not Path(f"/proc/{broker}").exists(), f"embedded broker pid {broker} outlived the worker"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for broker in brokers:
+            if Path(f"/proc/{broker}").exists():
+                os.kill(broker, signal.SIGKILL)
 
 
 def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import signal
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, NoReturn, TextIO
@@ -272,6 +271,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     from topology import logs
     from topology.forward import events_url, forward, log
     from topology.metrics import Metrics, listen
+    from topology.stopping import stop_on_signals
 
     settings = _settings(args)
     try:
@@ -287,11 +287,9 @@ def cmd_forward(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         stop, started = asyncio.Event(), asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         metrics = Metrics()
         async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(stop_on_signals(asyncio.get_running_loop(), stop))
             if settings.metrics_port:
                 # Before Kafka, as the worker does: a port in use is one line at start, and
                 # /healthz answers while the forwarder waits for the broker (/readyz: 503).

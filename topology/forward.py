@@ -24,7 +24,7 @@ import random
 import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import orjson
@@ -37,12 +37,12 @@ from streams.errors import Invalid
 from topology.admin import wait_for_broker
 from topology.config import Settings
 from topology.records import Source, dead_letter
+from topology.stopping import unless_stopped
 
 if TYPE_CHECKING:
     from topology.metrics import Metrics
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 # 4xx that say "this configuration is wrong", not "this event is wrong": nothing to dead-letter.
 # Not 403: a WAF in front of Prefect may refuse one event's body with it; it is judged like a
@@ -266,24 +266,8 @@ class PrefectSink:
 
     async def _unless_stopped(self, request: Coroutine[Any, Any, _Answer]) -> _Answer | None:
         """The request's answer, or None as soon as `stop` is set (the request is cancelled)."""
-        sending = await _unless_stopped(request, self._stop)
+        sending = await unless_stopped(request, self._stop)
         return None if sending is None else sending.result()
-
-
-async def _unless_stopped(work: Coroutine[Any, Any, T], stop: asyncio.Event) -> asyncio.Future[T] | None:
-    """`work` run to its end (the finished future), or None as soon as `stop` is set (then it is
-    cancelled, and waited for so that its clean-up has run)."""
-    running = asyncio.ensure_future(work)
-    stopping = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopping.cancel()
-        if not running.done():
-            running.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await running
-    return None if running.cancelled() else running
 
 
 # The slowest upload a request is given time for, on top of the session's timeout: an 8 MB body
@@ -414,7 +398,7 @@ async def forward(
     group = group_id or f"{settings.app_id}-forward"
     # Like the worker: wait for a broker that is still starting, else fail with one line; but
     # a SIGTERM meanwhile ends the wait (and the forwarder, having delivered nothing) at once.
-    waited = await _unless_stopped(
+    waited = await unless_stopped(
         wait_for_broker(settings.bootstrap_servers, timeout_s=settings.broker_wait_s), stop
     )
     if waited is None:

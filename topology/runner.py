@@ -27,6 +27,7 @@ from topology.app import TopicNames, Worker, table_dir
 from topology.config import ConfigError, Settings
 from topology.embedded_broker import EmbeddedBroker
 from topology.metrics import Metrics, MetricsServer, listen
+from topology.stopping import stop_on_signals, unless_stopped
 
 log = logging.getLogger("prefect_events")
 
@@ -269,15 +270,23 @@ def run_worker(
         )
     broker = None
     try:
-        if embedded_broker:
-            broker = EmbeddedBroker().start()
-            given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
-            log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
-            log_overrides(given, settings, log.info, broker_given=broker_given)
-        warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
-        # On the loop the health server listens on: run on a loop of its own, the wait for Kafka
-        # left that server bound but unanswered, and a probe timed out on a live process.
-        loop.run_until_complete(prepare(settings))
+        # Until Faust's own handlers take over: a signal ends the start-up, and the embedded
+        # broker (a process group of its own) is stopped with it, not left running.
+        stop = asyncio.Event()
+        with stop_on_signals(loop, stop) as received:
+            if embedded_broker:
+                broker = EmbeddedBroker().start()
+                given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
+                log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
+                log_overrides(given, settings, log.info, broker_given=broker_given)
+            warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
+            # On the loop the health server listens on: run on a loop of its own, the wait for
+            # Kafka left that server bound but unanswered, and a probe timed out on a live process.
+            prepared = loop.run_until_complete(unless_stopped(prepare(settings), stop))
+        if prepared is None:
+            log.info("stopped on %s while starting: nothing was processed", received[0].name)
+            return 0
+        prepared.result()
         if on_ready is not None:
             on_ready(settings)
         worker = build(settings, metrics)
