@@ -105,6 +105,10 @@ class WorkerConsumer(Consumer):
         self._no_writers = asyncio.Event()
         self._no_writers.set()
         self._revoking = False
+        # Flow resumes (each empties Faust's changelog queue; _reread_standbys says why), the
+        # resume after which standby partitions were last sought, and the resumes seen when the
+        # fetch in hand began.
+        self._resumes = self._standbys_sought = self._fetch_resumes = 0
 
     def intake(self, name: str, topics: Iterable[str], max_records: int) -> Intake:
         """The intake of a step reading `topics`: their records skip Faust's per-event path."""
@@ -117,7 +121,8 @@ class WorkerConsumer(Consumer):
         """Faust's fetch loop, handing intake topics' records over once per fetch.
 
         Other records (changelogs, standbys, Faust's own topics) take Faust's path, one
-        suspension-aware delivery per fetch instead of one per record.
+        suspension-aware delivery per fetch instead of one per record; a standby partition's
+        records fetched before the flow last resumed are dropped and read again (_reread_standbys).
         Faust's read offsets and gap bookkeeping are off here (the ledger does both), and so is
         its ``commit_every`` (commits follow the ledger, on the commit interval)."""
         intakes = self.intakes
@@ -137,11 +142,12 @@ class WorkerConsumer(Consumer):
                         others.append(message)
                     else:
                         fetched.setdefault(intake, []).append(message)
+                resumes = self._fetch_resumes  # as this fetch began
                 # Faust waits for flow suspension around each record (four tasks and an
                 # asyncio.wait per changelog record in recovery); here once per fetch. Either way a
                 # suspension drops the rest of the fetch, and recovery or the ledger reads it again.
                 if others:
-                    await self.wait_first(self._deliver(others), self.suspend_flow.wait())
+                    await self.wait_first(self._deliver(others, resumes), self.suspend_flow.wait())
                 for intake, messages in fetched.items():
                     # Flow suspended (rebalance) while waiting for room: the records are
                     # dropped, and the ledger rewinds their partitions when flow resumes.
@@ -163,10 +169,16 @@ class WorkerConsumer(Consumer):
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
 
-    async def _deliver(self, messages: list[Any]) -> None:
-        """Faust's own path, in order: changelogs to recovery, its internal topics to theirs."""
+    async def _deliver(self, messages: list[Any], resumes: int) -> None:
+        """Faust's own path, in order: changelogs to recovery, its internal topics to theirs.
+        Standby records of a fetch that began before the flow last resumed are left out: the
+        standby partitions are read again from the recovery service's offsets (_reread_standbys).
+        """
         callback = self.callback
+        standbys = self._standby_offsets()
         for count, message in enumerate(messages, 1):
+            if resumes != self._resumes and message.tp in standbys:
+                continue
             await callback(message)
             if count % 100 == 0:
                 await asyncio.sleep(0)  # let recovery and the steps run during a big fetch
@@ -253,6 +265,10 @@ class WorkerConsumer(Consumer):
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> RecordMap:
+        if self._standbys_sought != self._resumes:  # between fetches: none is in flight
+            self._standbys_sought = self._resumes
+            await self._reread_standbys()
+        self._fetch_resumes = self._resumes
         # What the consumer fetched, before Faust's getmany drops any of it (flow stopped,
         # generation changed, partition not active): the consumer's position moved past it.
         fetched_in = self.ledger.epochs()
@@ -354,9 +370,38 @@ class WorkerConsumer(Consumer):
         for intake in set(self.intakes.values()):
             intake.reopen()
         super().resume_flow()
+        self._resumes += 1  # the standby partitions are sought again before the next fetch
         rewinds = self.ledger.resume()
         if rewinds:
             self.add_future(self._rewind(rewinds, "queued records were dropped on resume"))
+
+    def _standby_offsets(self) -> Mapping[TP, int | None]:
+        """Per standby partition (a changelog this worker follows for another's tables): the last
+        offset Faust's recovery service has taken from its changelog queue."""
+        recovery = getattr(self.app.tables, "_recovery", None)  # made by the app's start-up
+        if recovery is None:
+            return {}
+        return {tp: recovery.standby_offsets.get(tp) for tp in recovery.standby_tps}
+
+    async def _reread_standbys(self) -> None:
+        """Read each standby partition again after the last record the recovery service took.
+
+        Every ``flow_control.resume()`` empties Faust's changelog queue, where fetched standby
+        records wait for the recovery service, and the consumer has moved past them. Faust seeks
+        its standby partitions before it resumes them, but resumes the flow once more when the
+        recovery completes, while they are being read: the records queued then never reached
+        the standby's store, whose persisted offset went on past them with later ones. A worker
+        taking such a partition over reads only the changelog after that offset, so it worked on
+        state with holes (collections without the version records of their members). The
+        recovery service skips, by offset, what it took already."""
+        assigned = self.assignment()
+        offsets = {
+            tp: max(taken + 1, 0)
+            for tp, taken in self._standby_offsets().items()
+            if taken is not None and tp in assigned
+        }
+        if offsets:
+            await self.seek_many(offsets)
 
     async def rewind_stalled(self, after_s: float) -> None:
         await self._rewind(self.ledger.stalled(after_s), f"nothing taken for {after_s:g} s")
