@@ -21,7 +21,9 @@ What it does
 3. SIGKILLs a worker at ``--kills`` random points (spread over the input; some during start-up and
    changelog recovery, most while it is processing) and restarts it at once; in the middle of the
    run a second worker joins the same consumer group (rebalance) and later one of the two is
-   SIGKILLed for good (second rebalance). A worker that dies on its own is restarted and reported.
+   SIGKILLed for good (second rebalance; ``--leave-with SIGTERM`` stops it instead, and with
+   ``--standby-replicas 1`` the first worker leaves, so the one that takes its partitions over has
+   held them only as standbys). A worker that dies on its own is restarted and reported.
 4. After the last kill, waits until every input is processed and the output topics are quiet,
    stops the workers with SIGTERM (exit code and time are reported), reads the output topics and
    compares them, per stream, with what ``prefect-events process`` prints for the same input:
@@ -803,12 +805,15 @@ class Workers:
         self.note("spawn", slot)
         return slot
 
-    def kill(self, slot: Slot, restart: bool) -> Slot | None:
+    def kill(self, slot: Slot, restart: bool, sig: signal.Signals = signal.SIGKILL) -> Slot | None:
         with contextlib.suppress(ProcessLookupError):
-            slot.proc.send_signal(signal.SIGKILL)
-        slot.proc.wait(timeout=30)
-        self.kills += 1
-        self.note("SIGKILL", slot)
+            slot.proc.send_signal(sig)
+        code = slot.proc.wait(timeout=60)
+        if sig == signal.SIGKILL:
+            self.kills += 1
+            self.note("SIGKILL", slot)
+        else:
+            self.note(f"{sig.name}, exit {code}", slot)
         self.slots.remove(slot)
         if not restart:
             return None
@@ -897,6 +902,12 @@ class Config:
     # directory (one per worker name, as a pod keeps its volume), so restarts read their local
     # state and only the changelog after its persisted offset.
     store: str = "memory://"
+    # Faust's table standbys (the worker's standby_replicas). With standbys the worker that
+    # leaves in the 2-worker phase is w1, which held every partition before w2 joined: the
+    # partitions w2 takes over are ones it has only followed as a standby.
+    standby_replicas: int = 0
+    # How that worker leaves: SIGKILL (dies) or SIGTERM (finishes its batch, commits, leaves).
+    leave_with: signal.Signals = signal.SIGKILL
     verbose: bool = True
 
 
@@ -959,6 +970,7 @@ class Report:
     ready_times: list[float] = field(default_factory=list)
     raw_check: str = ""
     out_dir: str = ""
+    app_id: str = ""  # the workers' consumer group; their topics and tables are named after it
     offline_agrees: bool = True
 
     @property
@@ -1013,7 +1025,7 @@ class Report:
         med = f"{ready[len(ready) // 2]:.1f}" if ready else "-"
         out.append("")
         out.append(
-            f"SIGKILLs: {self.kills} (incl. the one ending the 2-worker phase)   "
+            f"SIGKILLs: {self.kills} (incl. the one ending the 2-worker phase, if it was one)   "
             f"rebalances (2-worker phase): {self.rebalances}   "
             f"group assignments logged: {self.assignments_logged}   "
             f"worker restarts to ready, median: {med} s"
@@ -1111,6 +1123,8 @@ def _env(bootstrap: str, tag: str, cfg: Config) -> dict[str, str]:
         env["PREFECT_EVENTS_CHANGELOG_BATCH_RECORDS"] = "1"
     if cfg.page_size is not None:
         env[PAGE_SIZE_ENV] = str(cfg.page_size)
+    if cfg.standby_replicas:
+        env["PREFECT_EVENTS_STANDBY_REPLICAS"] = str(cfg.standby_replicas)
     return env
 
 
@@ -1208,9 +1222,11 @@ async def _chaos(cfg: Config, workload: Workload, per_message: dict[str, list[li
                     workers.poll)
         await asyncio.sleep(rng.uniform(0.5, 3.0))
         victim = rng.choice(workers.slots)
-        workers.kill(victim, restart=False)
+        if cfg.standby_replicas:  # w2 takes over what it has followed as a standby (Config)
+            victim = next((s for s in workers.slots if s.name == "w1"), victim)
+        workers.kill(victim, restart=False, sig=cfg.leave_with)
         report.rebalances += 1
-        say(f"rebalance: {victim.log.name} SIGKILLed for good, one worker left "
+        say(f"rebalance: {victim.log.name} {cfg.leave_with.name} for good, one worker left "
             f"(round {progress['round']})")
 
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5,
@@ -1543,6 +1559,7 @@ def run(cfg: Config, say: Callable[[str], None] | None = None) -> Report:
     try:
         collector, settings, offsets = asyncio.run(
             _chaos(cfg, workload, per_message, bootstrap, out, report, say))
+        report.app_id = settings.app_id
         raw_topics = {ARTIFACTS: settings.artifacts_topic, ASSETS: settings.task_results_topic}
         # Compared over what was produced (all of it, unless a stall aborted the run).
         done = dataclasses.replace(workload, rounds=workload.rounds[:report.rounds_produced])
@@ -1592,6 +1609,11 @@ def main(argv: Iterable[str] | None = None) -> int:
     p.add_argument("--store", choices=["memory://", "rocksdb://"], default="memory://",
                    help="the workers' table store (default memory://); with rocksdb:// a "
                         "restarted worker keeps the killed one's data directory")
+    p.add_argument("--standby-replicas", type=int, default=0,
+                   help="the workers' standby_replicas (default 0); with standbys the first "
+                        "worker is the one that leaves the 2-worker phase")
+    p.add_argument("--leave-with", choices=["SIGKILL", "SIGTERM"], default="SIGKILL",
+                   help="how a worker leaves the 2-worker phase (default SIGKILL)")
     p.add_argument("--out", type=Path, default=None, help="directory for inputs, logs, details")
     p.add_argument("--quiet", action="store_true", help="print the table only")
     args = p.parse_args(list(argv) if argv is not None else None)
@@ -1605,6 +1627,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         barrier_timeout_s=args.barrier_timeout, out_dir=args.out,
         commit_interval_s=args.commit_interval, session_timeout_s=args.session_timeout,
         fetch_wait_ms=args.fetch_wait_ms, page_size=args.page_size, store=args.store,
+        standby_replicas=args.standby_replicas, leave_with=signal.Signals[args.leave_with],
         verbose=not args.quiet,
     )
     report = run(cfg)
