@@ -567,6 +567,53 @@ def test_a_worker_stopped_while_its_embedded_broker_starts_stops_the_broker_too(
                 os.kill(broker, signal.SIGKILL)
 
 
+# `worker --embedded-broker` sending itself SIGTERM at a chosen moment of its start-up.
+SIGTERM_AT = """
+import os, signal, sys
+import topology.runner as runner
+
+moment = sys.argv.pop(1)
+prepare, build = runner.prepare, runner.build
+
+async def prepare_then_signal(settings):
+    await prepare(settings)
+    os.kill(os.getpid(), signal.SIGTERM)  # as the checks finish
+
+def signal_then_build(settings, metrics):
+    os.kill(os.getpid(), signal.SIGTERM)  # after the checks, before Faust's handlers exist
+    return build(settings, metrics)
+
+if moment == "prepared":
+    runner.prepare = prepare_then_signal
+else:
+    runner.build = signal_then_build
+from topology.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("moment", ["prepared", "building"])
+def test_a_sigterm_between_the_start_up_checks_and_fausts_handlers_stops_the_worker(
+    moment: str, tmp_path: Path
+) -> None:
+    """Neither lost (the worker started and ran on) nor the default action (killed, no line)."""
+    args = ["worker", "--embedded-broker", "--data-dir", str(tmp_path), *NO_METRICS]
+    result = subprocess.run(
+        [sys.executable, "-c", SIGTERM_AT, moment, *args],
+        capture_output=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    stderr = result.stderr.decode()
+    assert result.returncode == 0, stderr
+    assert (
+        "stopped on SIGTERM while starting: nothing was processed" in stderr
+        or re.search(r"stopped on SIGTERM after \d+\.\ds", stderr)
+    ), stderr
+    if moment == "building":  # caught before Faust's handlers, acted on by Faust's shutdown
+        assert "SIGTERM: stopping: finishing the batch in hand" in stderr
+
+
 def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:
     """With Kafka unreachable the forwarder waits up to broker_wait_s; SIGTERM ends that wait."""
     port = free_port()

@@ -17,7 +17,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import faust
 from mode.threads import WorkerThread
@@ -27,7 +27,7 @@ from topology.app import TopicNames, Worker, table_dir
 from topology.config import ConfigError, Settings
 from topology.embedded_broker import EmbeddedBroker
 from topology.metrics import Metrics, MetricsServer, listen
-from topology.stopping import stop_on_signals, unless_stopped
+from topology.stopping import catch_stop_signals, unless_stopped
 
 log = logging.getLogger("prefect_events")
 
@@ -197,9 +197,17 @@ class _FaustWorker(faust.Worker):
     on_forced_exit: Callable[[], None] = staticmethod(lambda: None)
     _watchdog: threading.Timer | None = None
     _stopping: tuple[str, float] | None = None  # the signal that began the shutdown, and when
+    signalled_before: Sequence[signal.Signals] = ()  # caught after the start-up's checks
 
     def _on_sigusr2(self) -> None:
         diagnostics.ignore_debugger_signal()
+
+    def install_signal_handlers(self) -> None:
+        """Faust's handlers replace the start-up's (run_worker): a signal caught between the two
+        begins the shutdown now, as it would have had it come a moment later."""
+        super().install_signal_handlers()
+        if self.signalled_before:
+            self._schedule_shutdown(self.signalled_before[0])
 
     def _schedule_shutdown(self, signal: signal.Signals) -> None:
         """Faust's stop waits for the broker (the commit, leaving the group) without a bound: with
@@ -270,22 +278,24 @@ def run_worker(
         )
     broker = None
     try:
-        # Until Faust's own handlers take over: a signal ends the start-up, and the embedded
-        # broker (a process group of its own) is stopped with it, not left running.
+        # Until Faust's own handlers replace these (_FaustWorker.install_signal_handlers): a
+        # signal ends the start-up in order, the embedded broker stopped with it, where its
+        # default action used to end the worker without a word.
         stop = asyncio.Event()
-        with stop_on_signals(loop, stop) as received:
-            if embedded_broker:
-                broker = EmbeddedBroker().start()
-                given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
-                log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
-                log_overrides(given, settings, log.info, broker_given=broker_given)
-            warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
-            # On the loop the health server listens on: run on a loop of its own, the wait for
-            # Kafka left that server bound but unanswered, and a probe timed out on a live process.
-            prepared = loop.run_until_complete(unless_stopped(prepare(settings), stop))
-        if prepared is None:
+        received = catch_stop_signals(loop, stop)
+        if embedded_broker:
+            broker = EmbeddedBroker().start()
+            given, settings = settings, for_embedded_broker(settings, broker.bootstrap_servers)
+            log.info("embedded broker (Tansu) at %s, pid %d", settings.bootstrap_servers, broker.pid)
+            log_overrides(given, settings, log.info, broker_given=broker_given)
+        warn_of_earlier_tables(settings)  # as the worker will run: the embedded broker's is memory://
+        # On the loop the health server listens on: run on a loop of its own, the wait for Kafka
+        # left that server bound but unanswered, and a probe timed out on a live process.
+        prepared = loop.run_until_complete(unless_stopped(prepare(settings), stop))
+        if received:  # also one that came as the checks finished
             log.info("stopped on %s while starting: nothing was processed", received[0].name)
             return 0
+        assert prepared is not None  # cancelled only by a signal
         prepared.result()
         if on_ready is not None:
             on_ready(settings)
@@ -297,6 +307,7 @@ def run_worker(
             redirect_stdouts=False,
         )
         faust_worker.shutdown_timeout_s = settings.shutdown_timeout_s
+        faust_worker.signalled_before = received
         if broker is not None:
             faust_worker.on_forced_exit = broker.stop
         # At WARNING and above Faust adds a terminal spinner and lowers the root logger to DEBUG,

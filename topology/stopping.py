@@ -15,10 +15,10 @@ T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-@contextlib.contextmanager
-def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[list[signal.Signals]]:
-    """Set `stop` on SIGTERM/SIGINT while inside; yields the signals received, in order. A signal
-    that arrives while the loop is not running (a blocking start) is handled once it runs again."""
+def catch_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> list[signal.Signals]:
+    """Set `stop` on SIGTERM/SIGINT from now until other handlers replace these; returns the list
+    the signals received are appended to. A signal that arrives while the loop is not running (a
+    blocking start) is handled once it runs again."""
     received: list[signal.Signals] = []
 
     def on_signal(sig: signal.Signals) -> None:
@@ -27,8 +27,14 @@ def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Ite
 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, on_signal, sig)
+    return received
+
+
+@contextlib.contextmanager
+def stop_on_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Iterator[list[signal.Signals]]:
+    """catch_stop_signals while inside; the default actions again after."""
     try:
-        yield received
+        yield catch_stop_signals(loop, stop)
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
