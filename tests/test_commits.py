@@ -178,6 +178,27 @@ def test_a_fetch_that_goes_back_without_a_seek_is_one_warning_per_truncation(
     ]
 
 
+def test_a_truncation_is_told_once_while_the_partition_waits_for_its_position(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Until records reach the position again, each quiet rewind seeks past the log's end, and
+    the consumer resets itself to the log start: the same truncation, not a new one."""
+    ledger = ledger_at(0)
+    fetch(ledger, list(range(10)))
+    take(ledger, list(range(10)))
+    with caplog.at_level(logging.WARNING, logger="prefect_events"):
+        fetch(ledger, [6, 7])  # cut at 6, written again
+        for _ in range(3):
+            ledger.seeking(TP)
+            ledger.seek(TP, 10)  # a quiet rewind, past the end
+            fetch(ledger, list(range(8)))  # reset to the log start
+        assert take(ledger, list(range(8))) == []
+        fetch(ledger, [8, 9, 10])
+        assert take(ledger, [8, 9, 10]) == [10]
+    told = [r.getMessage().split(": ")[1] for r in caplog.records]
+    assert told == ["a fetch brought offsets 6-7 where the next was 10, with no seek"]
+
+
 # --- gaps: offsets that hold no record ---------------------------------------------------------------
 
 

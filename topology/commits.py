@@ -59,6 +59,7 @@ class _Partition:
     seeked_to: int | None = None  # where the last seek went
     confirmed: int | None = None  # the commit the broker took last (or where the partition began)
     fetch_next: int | None = None  # after the current epoch's last fetch: where the next begins
+    truncation_told: int | None = None  # `expected` when a truncation was last logged
     gaps: set[int] = field(default_factory=set)  # offsets >= expected that hold no record
     suspects: dict[int, tuple[int, int]] = field(default_factory=dict)  # gap seen once: start → (end, epoch)
     finished: set[int] = field(default_factory=set)
@@ -134,7 +135,11 @@ class CommitLedger(Generic[TP]):
             p.fetch_next is not None
             and p.expected is not None
             and offsets[0] < min(p.fetch_next, p.expected)
+            and p.truncation_told != p.expected
         ):
+            # Once per position: until records reach it again, every quiet rewind (seeking past
+            # the log's end) resets the consumer to the log start again.
+            p.truncation_told = p.expected
             log.warning(
                 "%s[%d]: a fetch brought offsets %d-%d where the next was %d, with no seek: the "
                 "broker truncated the log (an unclean leader election?). Its records below the "
