@@ -16,12 +16,15 @@ import re
 import signal
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import faust.transport.consumer
 import faust.transport.drivers.aiokafka
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 from rocksdict import AccessType, Options, Rdict
 
@@ -147,6 +150,115 @@ def test_standby_records_fetched_before_a_flow_resume_do_not_reach_the_recovery_
 
     asyncio.run(deliver())
     assert delivered == [STANDBY, STREAM, STREAM]
+
+
+LOG_END = 48  # STANDBY holds offsets up to 47; the standby copy has taken up to 39
+
+
+class StandbyReading:
+    """A worker's consumer running its fetch loop (_drain_messages, Faust's getmany, _getmany)
+    on STANDBY against a broker faked at ``super()._getmany`` and ``seek``; Faust's conductor and
+    recovery service cut down to what decides what reaches the standby copy: the conductor puts
+    each record into the (real) changelog queue, from a task of its own when the queue is full,
+    and the recovery service takes a record only above the offset it took last, which becomes
+    its ``standby_offsets[STANDBY]``. At the start of each fetch it takes what is queued; a
+    flow resume (`recovery_completes`) empties the queue first if it comes then."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, queue_size: int = 100, per_fetch: int = 2) -> None:
+        worker = Worker(config.load({"store": "memory://", "standby_replicas": 1}, environ={}))
+        app = worker.app
+        app.conf.stream_buffer_maxsize = queue_size
+        self.recovery = SimpleNamespace(standby_tps={STANDBY}, standby_offsets=Counter({STANDBY: 39}))
+        app.tables._recovery = self.recovery  # type: ignore[attr-defined]
+        self.app, self.consumer = app, worker.consumer
+        self.queue = app.tables.changelog_queue
+        self.position, self.per_fetch, self.fetches = 40, per_fetch, 0
+        self.taken: list[int] = []  # what reached the standby copy, in order
+        self.during_fetch: dict[int, Callable[[], None]] = {}  # fetch number → what happens then
+        self.after_queuing: dict[int, Callable[[], None]] = {}  # offset → what happens once queued
+        self.fetcher = SimpleNamespace(_stopped=asyncio.Event())
+        reading = self
+
+        async def seek(self: Any, tp: TP, offset: int) -> None:
+            reading.position = offset
+
+        async def fetch(self: Any, active_partitions: Any, timeout: float) -> dict[TP, list[Any]]:
+            reading.fetches += 1
+            reading.during_fetch.pop(reading.fetches, _no_op)()
+            reading.take()
+            end = min(reading.position + reading.per_fetch, LOG_END)
+            records = [_record(offset) for offset in range(reading.position, end)]
+            reading.position = max(reading.position, end)
+            if (not records and not reading.queue.qsize()) or reading.fetches > 20:  # or stuck
+                reading.fetcher._stopped.set()
+            return {STANDBY: records} if records else {}
+
+        monkeypatch.setattr(faust.transport.consumer.Consumer, "seek", seek)
+        monkeypatch.setattr(faust.transport.drivers.aiokafka.Consumer, "_getmany", fetch)
+        monkeypatch.setattr(self.consumer, "assignment", lambda: {STANDBY})
+        monkeypatch.setattr(self.consumer, "highwater", lambda tp: LOG_END)
+        self.consumer._set_active_tps({STANDBY})
+        self.consumer.callback = self.on_message
+        app.flow_control.resume()  # the flow runs: Faust's recovery sought STANDBY and resumed it
+
+    def recovery_completes(self) -> None:
+        """Faust's flow resume, as its recovery service makes it: the changelog queue emptied."""
+        self.app.flow_control.resume()
+        self.consumer.resume_flow()
+
+    async def on_message(self, message: Any) -> None:
+        """Faust's conductor (faust/transport/conductor.py), for one changelog record."""
+        event = SimpleNamespace(message=message)
+        if self.queue.full():
+            await asyncio.wait([asyncio.ensure_future(self.queue.put(event))])
+        else:
+            self.queue.put_nowait_enhanced(event, on_pressure_high=_no_op, on_pressure_drop=_no_op)
+        self.after_queuing.pop(message.offset, _no_op)()
+
+    def take(self, most: int | None = None) -> None:
+        """Faust's recovery service (Recovery._slurp_changelogs) taking standby records."""
+        offsets = self.recovery.standby_offsets
+        while self.queue.qsize() and (most is None or most > 0):
+            offset = self.queue.get_nowait().message.offset
+            if offset > offsets[STANDBY]:
+                offsets[STANDBY] = offset
+                self.taken.append(offset)
+            most = None if most is None else most - 1
+
+    async def run(self) -> list[int]:
+        """Read STANDBY to its end; what the standby copy took, in order."""
+        await self.consumer._drain_messages(self.fetcher)
+        self.take()
+        return self.taken
+
+
+def _record(offset: int) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(STANDBY.topic, STANDBY.partition, offset, 0, 0, b"k", b"v", None, 1, 1, ())
+
+
+def _no_op() -> None:
+    pass
+
+
+async def test_standby_records_of_a_fetch_in_flight_when_the_flow_resumes_are_read_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Recovery completes while a fetch is in flight, after the resume emptied the queue of the
+    records before it: queued, that fetch's records would move the standby's offset past them.
+    They were fetched before the resume, though delivered after it."""
+    reading = StandbyReading(monkeypatch)
+    reading.during_fetch[2] = reading.recovery_completes  # 40 and 41 queued, not taken yet
+    assert await reading.run() == list(range(40, LOG_END))
+
+
+async def test_standby_partitions_are_sought_before_the_first_fetch_after_a_flow_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Sought after it, that fetch would bring the records after the ones the resume dropped,
+    and queue them as records fetched after the resume."""
+    reading = StandbyReading(monkeypatch)
+    reading.after_queuing[41] = reading.recovery_completes  # while 40 and 41 wait in the queue
+    assert await reading.run() == list(range(40, LOG_END))
 
 
 @pytest.mark.broker
