@@ -261,6 +261,32 @@ async def test_standby_partitions_are_sought_before_the_first_fetch_after_a_flow
     assert await reading.run() == list(range(40, LOG_END))
 
 
+async def test_a_standby_record_faust_queues_after_a_flow_resume_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the changelog queue full, Faust's conductor puts a record from a task of its own: one
+    that runs only after a resume emptied the queue would land after the records it dropped, and
+    move the standby's offset past them before the partition is sought again."""
+    reading = StandbyReading(monkeypatch, queue_size=2, per_fetch=3)
+
+    async def recovery() -> None:
+        # 40 and 41 fill the queue; the conductor's put of 42 waits for room.
+        while not reading.queue._putters:  # type: ignore[attr-defined]
+            await asyncio.sleep(0)
+        reading.take(1)  # 40, which wakes the put of 42
+        reading.recovery_completes()  # before that put runs: 41 dropped
+        while True:
+            reading.take()
+            await asyncio.sleep(0)
+
+    recovering = asyncio.ensure_future(recovery())
+    try:
+        taken = await reading.run()
+    finally:
+        recovering.cancel()
+    assert taken == list(range(40, LOG_END))
+
+
 @pytest.mark.broker
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("leave_with", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])

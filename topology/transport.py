@@ -36,6 +36,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
+from weakref import WeakKeyDictionary
 
 import faust
 from faust.transport import by_url
@@ -43,6 +44,7 @@ from faust.transport.consumer import CONSUMER_FETCHING, RecordMap, ensure_TP
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from faust.types import TP, AppT
 from faust.types.transports import ConsumerT
+from mode.utils.queues import ThrowableQueue
 from yarl import URL
 
 from topology.commits import CommitLedger
@@ -90,6 +92,29 @@ class _NoReadOffsets(dict[TP, int | None]):
         pass
 
 
+class ChangelogQueue(ThrowableQueue[Any]):
+    """Faust's changelog queue (changelog records on their way to its recovery service), refusing
+    the records `refuse` says are stale, at the moment they would be queued.
+
+    Faust's conductor may queue a record well after the consumer handed it over: from a task of
+    its own when the queue is full, and after waiting for the producer's buffer. A flow resume
+    that empties the queue meanwhile drops the records before it; queued and taken, it would move
+    the recovery service's offset past them, and a standby partition read again from that offset
+    (WorkerConsumer._reread_standbys) would never have them."""
+
+    def __init__(self, *args: Any, refuse: Callable[[Any], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._refuse = refuse
+
+    def put_nowait(self, item: Any) -> None:  # the last step of put(), the conductor's slow path
+        if not self._refuse(item):
+            super().put_nowait(item)
+
+    def force_put_nowait(self, item: Any) -> None:  # the conductor's put_nowait_enhanced
+        if not self._refuse(item):
+            super().force_put_nowait(item)
+
+
 class WorkerConsumer(Consumer):
     """The driver's Consumer, running :class:`FetchWaitConsumerThread`, committing by ledger."""
 
@@ -109,6 +134,22 @@ class WorkerConsumer(Consumer):
         # resume after which standby partitions were last sought, and the resumes seen when the
         # fetch in hand began.
         self._resumes = self._standbys_sought = self._fetch_resumes = 0
+        # Standby records handed to Faust, with the resumes seen as their fetch began: the
+        # changelog queue refuses those that Faust queues only after a later resume.
+        self._standby_fetches: WeakKeyDictionary[Any, int] = WeakKeyDictionary()
+        self._install_changelog_queue()
+
+    def _install_changelog_queue(self) -> None:
+        """Faust's changelog queue, as Faust makes it, refusing stale standby records."""
+        tables: Any = self.app.tables
+        if tables._changelog_queue is not None:  # pragma: no cover - Faust's start-up changed
+            raise RuntimeError("Faust made its changelog queue before the consumer")
+        tables._changelog_queue = ChangelogQueue(
+            maxsize=self.app.conf.stream_buffer_maxsize,
+            flow_control=self.app.flow_control,
+            clear_on_resume=True,
+            refuse=self._stale_standby,
+        )
 
     def intake(self, name: str, topics: Iterable[str], max_records: int) -> Intake:
         """The intake of a step reading `topics`: their records skip Faust's per-event path."""
@@ -173,12 +214,15 @@ class WorkerConsumer(Consumer):
         """Faust's own path, in order: changelogs to recovery, its internal topics to theirs.
         Standby records of a fetch that began before the flow last resumed are left out: the
         standby partitions are read again from the recovery service's offsets (_reread_standbys).
-        """
+        The others are marked with that fetch, for the changelog queue to refuse them if Faust
+        queues one only after a later resume (ChangelogQueue)."""
         callback = self.callback
         standbys = self._standby_offsets()
         for count, message in enumerate(messages, 1):
-            if resumes != self._resumes and message.tp in standbys:
-                continue
+            if message.tp in standbys:
+                if resumes != self._resumes:
+                    continue
+                self._standby_fetches[message] = resumes
             await callback(message)
             if count % 100 == 0:
                 await asyncio.sleep(0)  # let recovery and the steps run during a big fetch
@@ -382,6 +426,12 @@ class WorkerConsumer(Consumer):
         if recovery is None:
             return {}
         return {tp: recovery.standby_offsets.get(tp) for tp in recovery.standby_tps}
+
+    def _stale_standby(self, event: Any) -> bool:
+        """A standby record whose fetch began before the flow last resumed: the queue it was
+        meant for was emptied, and _reread_standbys reads the partition again from before it."""
+        began = self._standby_fetches.get(event.message)
+        return began is not None and began != self._resumes
 
     async def _reread_standbys(self) -> None:
         """Read each standby partition again after the last record the recovery service took.
