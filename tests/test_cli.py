@@ -436,6 +436,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_cli(args: list[str]) -> subprocess.Popen[bytes]:
+    """`prefect-events ARGS` running in the background, its stderr to read once it has ended."""
+    command = [sys.executable, "-m", "topology.cli", *args]
+    return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def http_get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=5) as resp:
@@ -497,12 +503,7 @@ def test_worker_health_answers_while_waiting_for_kafka() -> None:
     port = free_port()
     args = ["worker", "--store", "memory://", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
     args += ["--broker-wait-s", "120", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "topology.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_cli(args)
     try:
         url = f"http://127.0.0.1:{port}"
         assert wait_for_http(f"{url}/healthz", process, timeout_s=15) == (200, "ok\n")
@@ -539,12 +540,7 @@ def test_a_worker_stopped_while_its_embedded_broker_starts_stops_the_broker_too(
     port = free_port()
     args = ["worker", "--embedded-broker", "--data-dir", str(tmp_path)]
     args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "topology.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_cli(args)
     brokers: list[int] = []
     try:
         deadline = time.monotonic() + 30
@@ -619,12 +615,7 @@ def test_forward_stops_at_once_on_sigterm_while_waiting_for_kafka() -> None:
     port = free_port()
     args = ["forward", "--to", "http://127.0.0.1:1/api", "--bootstrap-servers", f"127.0.0.1:{free_port()}"]
     args += ["--broker-wait-s", "120", "--metrics-host", "127.0.0.1", "--metrics-port", str(port)]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "topology.cli", *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    process = start_cli(args)
     try:
         # Serving means the signal handlers are in place and the broker wait comes next.
         assert wait_for_http(f"http://127.0.0.1:{port}/readyz", process) == (503, "not ready\n")
