@@ -452,9 +452,10 @@ def test_sigterm_finishes_commits_and_exits_cleanly(
     log = worker.log.read_text()
     assert "Traceback" not in log
     # The worker's own lines say what happened, among Faust's. It reads 9 topics of 1 partition:
-    # 2 raw, 3 hand-over, 3 changelogs (its tables) and Faust's leader topic.
+    # 2 raw and 3 hand-over (its input), 3 changelogs (its tables) and Faust's leader topic.
     ours = [line.split(" prefect_events: ", 1)[1] for line in log.splitlines() if " prefect_events: " in line]
-    assert "ready: tables recovered, processing 9 partitions of 9 topics" in ours
+    ready = "ready: tables recovered, reading 5 input partitions of 5 topics, keeping 3 table partitions"
+    assert f"{ready} (0 as standbys)" in ours
     assert ours[-2] == "SIGTERM: stopping: finishing the batch in hand, then committing and leaving the group"
     assert re.fullmatch(r"stopped on SIGTERM after \d+\.\ds", ours[-1])
 

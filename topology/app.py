@@ -167,22 +167,19 @@ class Worker:
         self.memberships = self._table("artifact-memberships")
         self.collections = self._table("artifact-collections")
         self.lineage = self._table("flow-run-lineage")
+        self.tables = (self.memberships, self.collections, self.lineage)
+        self.changelog_topics = {table.changelog_topic.get_topic_name() for table in self.tables}
         # The embedded broker's end offsets are right only after a one-record batch (README,
         # "Tansu's defects"): Faust's recovery reads changelogs up to them, nothing else does.
         self._records_per_batch = (
-            {
-                table.changelog_topic.get_topic_name(): s.changelog_batch_records
-                for table in (self.memberships, self.collections, self.lineage)
-            }
+            dict.fromkeys(self.changelog_topics, s.changelog_batch_records)
             if s.changelog_batch_records
             else {}
         )
         # A table's step and the retention sweep each read state, publish its changes and then
         # write them locally (Worker._store): one at a time, so neither reads what the other has
         # published but not yet written.
-        self._writing = {
-            table.name: asyncio.Lock() for table in (self.memberships, self.collections, self.lineage)
-        }
+        self._writing = {table.name: asyncio.Lock() for table in self.tables}
         self._swept_by: dict[str, Sequence[str]] = {}  # swept table → the topics its step reads
         retention_us = s.lineage_retention_us
         # The stateful steps read the raw topics themselves: records the producer keyed the
@@ -429,10 +426,15 @@ class Worker:
         self._reported_ready = ready
         if ready:
             assigned = self.consumer.assignment()
+            inputs = [tp for tp in assigned if tp.topic in self.consumer.intakes]
+            tables = {tp for tp in assigned if tp.topic in self.changelog_topics}
             log.info(
-                "ready: tables recovered, processing %d partitions of %d topics",
-                len(assigned),
-                len({tp.topic for tp in assigned}),
+                "ready: tables recovered, reading %d input partitions of %d topics, keeping %d "
+                "table partitions (%d as standbys)",
+                len(inputs),
+                len({tp.topic for tp in inputs}),
+                len(tables),
+                len(tables & self.consumer.standby_partitions()),
             )
         else:
             why = "stopping" if self.app.should_stop else "partitions are moving or tables recovering"

@@ -427,6 +427,10 @@ class WorkerConsumer(Consumer):
             return {}
         return {tp: recovery.standby_offsets.get(tp) for tp in recovery.standby_tps}
 
+    def standby_partitions(self) -> set[TP]:
+        """The changelog partitions this worker follows for another worker's tables."""
+        return set(self._standby_offsets())
+
     def _stale_standby(self, event: Any) -> bool:
         """A standby record whose fetch began before the flow last resumed: the queue it was
         meant for was emptied, and _reread_standbys reads the partition again from before it."""
