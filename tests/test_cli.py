@@ -535,8 +535,9 @@ def _tansu_children(pid: int) -> list[int]:
 
 
 def test_a_worker_stopped_while_its_embedded_broker_starts_stops_the_broker_too(tmp_path: Path) -> None:
-    """The broker runs in a process group of its own, so the signal's default action, which a
-    SIGTERM during start-up used to take, left it running after the worker had gone."""
+    """A SIGTERM during start-up used to take the signal's default action: the worker ended
+    without a line, and its broker only through the kernel's parent-death signal. Now the worker
+    stops it itself, and says so."""
     port = free_port()
     args = ["worker", "--embedded-broker", "--data-dir", str(tmp_path)]
     args += ["--metrics-host", "127.0.0.1", "--metrics-port", str(port)]

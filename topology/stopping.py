@@ -1,6 +1,6 @@
 """SIGTERM/SIGINT during a wait that comes before the process's own shutdown handling (the wait
-for Kafka): the wait ends at once, and what was started is stopped in order, instead of the
-signal's default action killing the process with its embedded broker left running."""
+for Kafka): the wait ends at once, and what was started is stopped in order with a line saying
+so, instead of the signal's default action ending the process without a word."""
 
 from __future__ import annotations
 
